@@ -1,0 +1,66 @@
+"""Training input pipeline against the model's own train step.
+
+    python -m bench.pipeline --data ../shared/data/landmark_images [--model landmark_resnet]
+
+Times the training loop (Trainer's own epoch code) over the real pipeline (cached photos,
+RandAugment in a DataLoader worker) and over pre-made random tensors of the same shape.
+The ratio says whether decoding/augmenting is the bottleneck; the goal is >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from landmark.data import TensorImageDataset, scan_split
+from landmark.data.cache import cached_split
+from landmark.engine import TrainConfig, Trainer, warmup_cosine
+from landmark.models import create_model
+from landmark.presets import train_transform
+
+
+def time_epoch(trainer: Trainer, loader: DataLoader) -> float:
+    """Images per second of one pass of Trainer._train_epoch over `loader`."""
+    trainer.sched = torch.optim.lr_scheduler.LambdaLR(
+        trainer.opt, lambda s: warmup_cosine(s, 1, 10_000))
+    start = time.perf_counter()
+    trainer._train_epoch(loader, 0)
+    return len(loader) * loader.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", default="landmark_resnet")
+    p.add_argument("--batches", type=int, default=15)
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args()
+    model = create_model(args.model, 19)
+    cfg = TrainConfig(batch_size=64, workers=args.workers)
+    trainer = Trainer(model, 19, cfg, Path("runs/bench_pipeline"))
+    n = args.batches * cfg.batch_size
+    data = cached_split(scan_split(args.data, "train"), model.preset.resize_size, desc="train")
+    real = Subset(TensorImageDataset(data.images, data.labels, train_transform(model.preset)),
+                  range(n))
+    crop = model.preset.crop_size
+    fake = TensorDataset(torch.randn(n, 3, crop, crop), torch.randint(0, 19, (n,)))
+    loaders = {"pipeline": trainer._loader(real, True), "random tensors":
+               DataLoader(fake, cfg.batch_size, shuffle=True, drop_last=True)}
+    time_epoch(trainer, loaders["random tensors"])  # warm-up: allocator, oneDNN kernels
+    rates = {k: time_epoch(trainer, dl) for k, dl in loaders.items()}
+    ratio = rates["pipeline"] / rates["random tensors"]
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, precision {trainer.dtype}")
+    for k, v in rates.items():
+        print(f"{k:>15}: {v:7.1f} img/s")
+    print(f"pipeline / raw train step: {ratio:.1%}  (goal >= 90%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Classification metrics: top-k accuracy, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def topk_accuracy(probs: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Share of rows whose label is among the k highest scores."""
+    if len(labels) == 0:
+        return 0.0
+    k = min(k, probs.shape[1])
+    hit = (probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return hit.float().mean().item()
+
+
+def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(C, C) counts: row = true class, column = predicted class."""
+    idx = labels * num_classes + preds
+    return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def classification_report(probs: Tensor, labels: Tensor, classes: list[str]) -> dict:
+    """Top-1, top-3, per-class accuracy and the confusion matrix, as plain JSON types."""
+    cm = confusion_matrix(probs.argmax(1), labels, len(classes))
+    support = cm.sum(1)
+    per_class = {c: {"accuracy": (cm[i, i] / support[i]).item() if support[i] else None,
+                     "support": int(support[i])} for i, c in enumerate(classes)}
+    return {"n": len(labels), "top1": topk_accuracy(probs, labels, 1),
+            "top3": topk_accuracy(probs, labels, 3), "per_class": per_class,
+            "confusion": cm.tolist()}

@@ -1,0 +1,55 @@
+"""PNG figures: training curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from landmark.data.layout import display_name
+
+
+def training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and top-1 per epoch, train against validation."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, ax in (("loss", ax1), ("top1", ax2)):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_png(confusion: list[list[int]], classes: list[str], path: str | Path,
+                  title: str = "") -> Path:
+    """Row-normalised confusion matrix with counts, true class on the rows."""
+    n = len(classes)
+    rows = [[v / max(1, sum(r)) for v in r] for r in confusion]
+    size = max(6.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    names = [display_name(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    for i, r in enumerate(confusion):
+        for j, v in enumerate(r):
+            if v:
+                ax.text(j, i, v, ha="center", va="center", fontsize=6,
+                        color="white" if rows[i][j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

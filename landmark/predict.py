@@ -1,0 +1,55 @@
+"""Serving: tag photos with an exported TorchScript model. Imports no training code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+
+from landmark.data.imageio import load_image
+from landmark.data.layout import display_name
+from landmark.export import load_exported
+
+
+class Predictor:
+    """Loads one model file (the export contract) and returns top-k landmarks for photos."""
+
+    def __init__(self, path: str | Path) -> None:
+        exported = load_exported(path)
+        self.path = Path(path)
+        self.module, self.classes, self.metadata = (exported.module, exported.classes,
+                                                    exported.metadata)
+        preset = self.metadata.get("preset", {})
+        # decode big JPEGs at reduced scale, still well above what the model resizes to
+        self.decode_side = 2 * int(preset.get("resize_size", 256))
+        self.reject_threshold = float(self.metadata.get("reject_threshold", 0.0))
+
+    def load(self, src: str | Path | BinaryIO | Image.Image) -> Image.Image:
+        """Any photo source -> RGB PIL image (raises ImageError on bad input)."""
+        if isinstance(src, Image.Image):
+            return src.convert("RGB")
+        return load_image(src, max_side=self.decode_side)
+
+    @torch.no_grad()
+    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, C) probabilities; photos of different sizes run one at a time."""
+        out = []
+        for img in images:
+            if min(img.size) < 32:  # the contract wants >= 32 px: upscale tiny images
+                scale = 32 / min(img.size)
+                img = img.resize((max(32, round(img.width * scale)),
+                                  max(32, round(img.height * scale))), Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+            out.append(self.module(x[None]))
+        return torch.cat(out)
+
+    def predict(self, src: str | Path | BinaryIO | Image.Image, k: int = 3) -> list[dict]:
+        """Top-k [{class, landmark, confidence}] for one photo, best first."""
+        probs = self.probabilities([self.load(src)])[0]
+        top = probs.topk(min(k, len(self.classes)))
+        return [{"class": self.classes[i], "landmark": display_name(self.classes[i]),
+                 "confidence": round(float(p), 4)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]

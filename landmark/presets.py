@@ -1,0 +1,113 @@
+"""Train and eval transforms in one place, so training, export and serving cannot drift.
+
+Images travel as uint8 (3, H, W) tensors until the model needs floats. Eval-time
+preprocessing (`EvalPreprocess`) is TorchScript-able and is embedded in every exported
+model; the dataset cache stores photos resized by the very same `resize_short`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How a model wants its input: crop size, resize size, normalisation, interpolation."""
+
+    crop_size: int = 128
+    resize_size: int = 146
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    # train-time augmentation
+    min_scale: float = field(default=0.25, compare=False)
+    randaug_magnitude: int = field(default=9, compare=False)
+
+    @classmethod
+    def from_crop_pct(cls, crop_size: int, crop_pct: float, **kw: object) -> Preset:
+        return cls(crop_size=crop_size, resize_size=math.floor(crop_size / crop_pct), **kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resize_short(x: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
+    """Resize a float (N, C, H, W) batch so its short side is `size`, keeping aspect."""
+    h, w = x.shape[-2], x.shape[-1]
+    if min(h, w) == size:
+        return x
+    if h <= w:
+        new_h, new_w = size, max(1, int(round(w * size / h)))
+    else:
+        new_h, new_w = max(1, int(round(h * size / w))), size
+    return F.interpolate(x, size=[new_h, new_w], mode=interpolation, align_corners=False,
+                         antialias=True)
+
+
+def center_crop(x: Tensor, size: int) -> Tensor:
+    """Crop the central size x size window of a (N, C, H, W) batch (H, W >= size)."""
+    h, w = x.shape[-2], x.shape[-1]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+class EvalPreprocess(nn.Module):
+    """float RGB [0, 1], any size -> resized, centre-cropped, normalised batch."""
+
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        self.resize_size = preset.resize_size
+        self.crop_size = preset.crop_size
+        self.interpolation = preset.interpolation
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = resize_short(x, self.resize_size, self.interpolation)
+        x = center_crop(x, self.crop_size)
+        return (x - self.mean) / self.std
+
+
+def cache_image(img: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
+    """uint8 (3, H, W) -> uint8 (3, size, size): short side resized, centre square kept."""
+    x = resize_short(img.unsqueeze(0).float() / 255.0, size, interpolation)
+    x = center_crop(x, size)
+    return (x.squeeze(0) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def train_transform(preset: Preset) -> v2.Compose:
+    """uint8 (3, S, S) tensor -> augmented, normalised float (3, crop, crop)."""
+    interp = v2.InterpolationMode(preset.interpolation)
+    steps: list[nn.Module] = [
+        v2.RandomResizedCrop(preset.crop_size, scale=(preset.min_scale, 1.0),
+                             interpolation=interp, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    if preset.randaug_magnitude > 0:
+        steps.append(v2.RandAugment(num_ops=2, magnitude=preset.randaug_magnitude,
+                                    interpolation=interp))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
+    return v2.Compose(steps)
+
+
+def eval_transform(preset: Preset) -> nn.Module:
+    """uint8 (3, H, W) tensor -> normalised float (3, crop, crop), as exported.
+
+    On a cached square this matches the export on the full photo up to uint8 rounding and
+    at most a one-pixel crop offset (integer centring done in two steps)."""
+    pre = EvalPreprocess(preset)
+
+    class _One(nn.Module):
+        def forward(self, img: Tensor) -> Tensor:
+            return pre(img.unsqueeze(0).float() / 255.0).squeeze(0)
+
+    return _One()

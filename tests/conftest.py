@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny real-photo dataset in the Udacity layout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "landmark_images"
+TINY_CLASSES = ("03.Eiffel_Tower", "11.Niagara_Falls")
+
+torch.set_num_threads(2)
+
+
+def real_photos(cls: str, split: str = "train", n: int = 8) -> list[Path]:
+    folder = SHARED / split / cls
+    if not folder.is_dir():
+        pytest.fail(f"shared photos missing: {folder} (clone next to ../shared)")
+    return sorted(folder.iterdir())[:n]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ROOT/{train,test}/{03.Eiffel_Tower,11.Niagara_Falls}: 8 train + 3 test real photos each."""
+    root = tmp_path_factory.mktemp("tiny") / "landmark_images"
+    for cls in TINY_CLASSES:
+        for split, n in (("train", 8), ("test", 3)):
+            dest = root / split / cls
+            dest.mkdir(parents=True)
+            for p in real_photos(cls, split, n):
+                shutil.copy(p, dest / p.name)
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"

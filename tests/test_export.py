@@ -1,0 +1,87 @@
+"""The export contract: one TorchScript file, [0,1] RGB of any size in, probabilities out."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landmark.data import load_image
+from landmark.export import ExportError, export_model, load_exported
+from landmark.models import create_model
+from tests.conftest import real_photos
+
+CLASSES = ["03.Eiffel_Tower", "11.Niagara_Falls", "15.Space_Needle"]
+
+
+def _photo(i: int = 0) -> torch.Tensor:
+    img = load_image(real_photos("03.Eiffel_Tower")[i])
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    torch.manual_seed(0)
+    net = create_model("landmark_resnet_s", len(CLASSES), crop_size=64).eval()
+    path = tmp_path_factory.mktemp("exp") / "m.pt"
+    export_model(net, net.preset, CLASSES, {"architecture": "landmark_resnet_s"}, path,
+                 [_photo(0), _photo(1)], flip=True)
+    return path, net
+
+
+def test_plain_torch_jit_load_follows_contract(exported: tuple[Path, nn.Module]) -> None:
+    path, _ = exported
+    extra = {"classes.json": "", "metadata.json": ""}
+    m = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["classes.json"]) == CLASSES
+    meta = json.loads(extra["metadata.json"])
+    assert meta["architecture"] == "landmark_resnet_s" and meta["tta_flip"] is True
+    assert meta["preset"]["crop_size"] == 64
+    for h, w in ((32, 32), (40, 300), (333, 500), (1024, 77)):
+        probs = m(torch.rand(2, 3, h, w))
+        assert probs.shape == (2, 3)
+        assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
+        assert (probs >= 0).all()
+
+
+def test_loaded_file_matches_eager_model(exported: tuple[Path, nn.Module]) -> None:
+    path, net = exported
+    loaded = load_exported(path)
+    x = _photo(2)[None]
+    pre = loaded.module.pre(x)
+    want = 0.5 * (net(pre).softmax(1) + net(pre.flip(-1)).softmax(1))
+    assert torch.allclose(loaded.module(x), want, atol=1e-5)
+
+
+def test_too_small_or_wrong_shape_is_rejected(exported: tuple[Path, nn.Module]) -> None:
+    m = load_exported(exported[0]).module
+    with pytest.raises(torch.jit.Error, match="at least 32x32"):
+        m(torch.rand(1, 3, 31, 100))
+    with pytest.raises(torch.jit.Error, match="N, 3, H, W"):
+        m(torch.rand(3, 64, 64))
+
+
+def test_file_is_self_contained_archive(exported: tuple[Path, nn.Module]) -> None:
+    names = zipfile.ZipFile(exported[0]).namelist()
+    assert any(n.endswith("extra/classes.json") for n in names)
+
+
+class _BranchyNet(nn.Module):
+    """Data-dependent control flow: tracing bakes one branch, so the export must notice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = x.mean((2, 3))
+        return logits if x.mean() > 0 else -logits * 5
+
+
+def test_export_verification_catches_a_mismatch(tmp_path: Path) -> None:
+    from landmark.presets import Preset
+    preset = Preset(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
+    shades = torch.tensor([0.1, 0.2, 0.3])[:, None, None]
+    dark, bright = shades.expand(3, 50, 50), (shades + 0.6).expand(3, 50, 50)
+    with pytest.raises(ExportError, match="disagrees"):
+        export_model(_BranchyNet(), preset, CLASSES, {}, tmp_path / "x.pt", [dark, bright])
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,90 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmark.data import ImageError, load_image, scan_split
+from landmark.data.cache import cached_split, decode_split
+from tests.conftest import real_photos
+
+
+def _save(img: Image.Image, path: Path, **kw: object) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "LA", "I;16", "1"])
+def test_any_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
+    src = Image.open(real_photos("03.Eiffel_Tower")[0]).convert("RGB").resize((64, 48))
+    img = src.convert(mode) if mode != "I;16" else Image.fromarray(
+        np.asarray(src.convert("L"), dtype=np.uint16) * 257)
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    out = load_image(_save(img, tmp_path / f"x.{fmt.lower()}", format=fmt))
+    assert out.mode == "RGB" and out.size == (64, 48)
+    if mode == "I;16":  # 16-bit is scaled down, not clipped to white
+        grey = np.asarray(src.convert("L"), dtype=float)
+        assert abs(np.asarray(out)[..., 0].mean() - grey.mean()) < 2
+
+
+def test_transparent_pixels_become_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    out = load_image(_save(img, tmp_path / "a.png"))
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_honoured(tmp_path: Path) -> None:
+    img = Image.new("RGB", (80, 40), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    out = load_image(_save(img, tmp_path / "o.jpg", exif=exif))
+    assert out.size == (40, 80)
+
+
+def test_animated_gif_gives_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("P", (50, 50), c) for c in (1, 2, 3)]
+    path = tmp_path / "a.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert load_image(path).size == (50, 50)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (4000, 3000), (90, 90, 200)), tmp_path / "big.jpg")
+    out = load_image(path, max_side=500)
+    assert 500 <= max(out.size) <= 1000 and out.size[0] > out.size[1]
+
+
+def test_non_image_and_truncated_raise_clear_errors(tmp_path: Path) -> None:
+    txt = tmp_path / "notes.jpg"
+    txt.write_text("not a photo")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(txt)
+    data = real_photos("03.Eiffel_Tower")[0].read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(cut)
+    with pytest.raises(ImageError):
+        load_image(io.BytesIO(b""))
+
+
+def test_bad_files_are_skipped_and_counted(tiny_data: Path, tmp_path: Path,
+                                           cache_dir: Path) -> None:
+    split = scan_split(tiny_data, "train")
+    folder = split.paths[0].parent
+    good = len(split.paths)
+    (folder / "zz_broken.jpg").write_bytes(split.paths[0].read_bytes()[:500])
+    (folder / "zz_text.png").write_text("hello")
+    try:
+        split = scan_split(tiny_data, "train")
+        data = decode_split(split, 40, workers=1)
+        assert len(data.labels) == good and len(data.skipped) == 2
+        assert data.images.shape == (good, 3, 40, 40)
+        cached = cached_split(split, 40, cache_dir=cache_dir)
+        again = cached_split(split, 40, cache_dir=cache_dir)
+        assert len(list(cache_dir.iterdir())) == 1
+        assert (cached.images == again.images).all() and len(again.skipped) == 2
+    finally:
+        for p in folder.glob("zz_*"):
+            p.unlink()

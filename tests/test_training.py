@@ -1,0 +1,109 @@
+"""The training engine: it learns, it resumes, it runs as a CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from landmark import checkpoint
+from landmark.data import TensorImageDataset, scan_split
+from landmark.data.cache import cached_split
+from landmark.engine import TrainConfig, Trainer, predict
+from landmark.models import create_model
+from landmark.presets import eval_transform, train_transform
+from tests.conftest import REPO
+
+
+def _data(tiny_data: Path, cache_dir: Path, size: int = 36):
+    return cached_split(scan_split(tiny_data, "train"), size, cache_dir=cache_dir)
+
+
+def test_two_classes_overfit_to_100_percent(tiny_data: Path, cache_dir: Path,
+                                            tmp_path: Path) -> None:
+    data = _data(tiny_data, cache_dir)
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", 2)
+    ds = TensorImageDataset(data.images, data.labels, eval_transform(model.preset))
+    cfg = TrainConfig(epochs=60, batch_size=8, lr=1e-2, warmup_epochs=1, weight_decay=0.0,
+                      label_smoothing=0.0, patience=100, workers=0, precision="fp32")
+    trainer = Trainer(model, 2, cfg, tmp_path / "run")
+    history = trainer.fit(ds, ds)
+    probs, labels = predict(model, torch.utils.data.DataLoader(ds, 16), torch.device("cpu"))
+    assert (probs.argmax(1) == labels).float().mean().item() == 1.0
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 4
+    assert (tmp_path / "run" / "best.pt").exists()
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == len(history) + 1
+
+
+class _Interrupt(TensorImageDataset):
+    """Raises KeyboardInterrupt at a given item once armed (a kill in mid-epoch)."""
+
+    calls = 0
+    fail_at = -1
+
+    def __getitem__(self, i: int):
+        _Interrupt.calls += 1
+        if _Interrupt.calls == _Interrupt.fail_at:
+            raise KeyboardInterrupt
+        return super().__getitem__(i)
+
+
+def _trainer(run: Path) -> tuple[Trainer, TrainConfig]:
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=5e-3, warmup_epochs=1, workers=0,
+                      precision="fp32", patience=100)
+    return Trainer(create_model("tiny_cnn", 2), 2, cfg, run), cfg
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(
+        tiny_data: Path, cache_dir: Path, tmp_path: Path) -> None:
+    data = _data(tiny_data, cache_dir)
+    preset = create_model("tiny_cnn", 2).preset
+
+    def datasets():
+        return (_Interrupt(data.images, data.labels, train_transform(preset)),
+                TensorImageDataset(data.images, data.labels, eval_transform(preset)))
+
+    straight, _ = _trainer(tmp_path / "a")
+    _Interrupt.calls, _Interrupt.fail_at = 0, -1
+    straight.fit(*datasets())
+
+    killed, _ = _trainer(tmp_path / "b")
+    _Interrupt.calls, _Interrupt.fail_at = 0, 2 * len(data.labels) + 5  # in epoch 3
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(*datasets())
+    assert checkpoint.load(tmp_path / "b" / "last.pt")["epoch"] == 2
+
+    resumed, _ = _trainer(tmp_path / "b")
+    _Interrupt.fail_at = -1
+    history = resumed.fit(*datasets(), resume=True)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    for name, value in straight.model.state_dict().items():
+        assert torch.allclose(value.float(), resumed.model.state_dict()[name].float(),
+                              atol=1e-6), name
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train.scratch", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_missing_dataset_is_one_clear_line(tmp_path: Path) -> None:
+    res = _cli("--data", str(tmp_path / "missing"), "--output", str(tmp_path / "r"))
+    assert res.returncode != 0
+    assert "dataset folder not found" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "2",
+               "--batch-size", "8", "--workers", "0", "--output", str(out),
+               "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in ("scratch.pt", "scratch.report.json", "scratch.curves.png",
+                 "scratch.confusion.png", "metrics.csv", "last.pt", "best.pt"):
+        assert (out / name).stat().st_size > 0, name
+    assert "test top-1" in res.stderr

@@ -1,0 +1,182 @@
+"""What every training entry point shares: the CLI options and the run from data to export.
+
+scan -> split -> decode cache -> Trainer.fit -> best weights -> flip TTA chosen on
+validation -> test evaluation -> TorchScript export (self-verified) -> plots and report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from landmark import plots
+from landmark.data import DatasetError, TensorImageDataset, scan_split, stratified_split
+from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
+from landmark.engine import TrainConfig, Trainer
+from landmark.export import ExportedClassifier, export_model
+from landmark.metrics import classification_report
+from landmark.presets import Preset, eval_transform, train_transform
+
+log = logging.getLogger("train")
+
+
+def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str) -> None:
+    """Options shared by train.scratch and train.transfer."""
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, type=Path,
+                   help="dataset root holding train/NN.Class/*.jpg (and test/ for figures)")
+    d.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each training class held out for validation (default 0.1)")
+    d.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help="where decoded, resized photos are cached (default %(default)s)")
+    d.add_argument("--no-cache", action="store_true", help="decode photos without caching")
+    t = p.add_argument_group("training")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t.add_argument(flag, type=type(f.default), default=getattr(defaults, f.name),
+                       help=f"(default: {getattr(defaults, f.name)})")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", type=Path, default=Path("runs") / name,
+                   help="run folder: checkpoints, metrics.csv (default %(default)s)")
+    o.add_argument("--export", type=Path, default=None,
+                   help="TorchScript file to write (default OUTPUT/NAME.pt); report and plots "
+                        "are written beside it")
+    o.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT/last.pt after an interruption")
+    o.add_argument("--tta", choices=["auto", "on", "off"], default="auto",
+                   help="flip test-time augmentation inside the export; auto: keep it only if "
+                        "it helps on validation")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+@torch.no_grad()
+def exported_probs(module: nn.Module, data: CachedSplit, batch: int = 128) -> Tensor:
+    """Probabilities of an ExportedClassifier on cached uint8 photos (as the file would do)."""
+    module.eval()
+    out = [module(data.images[i:i + batch].float() / 255.0)
+           for i in range(0, len(data.labels), batch)]
+    return torch.cat(out) if out else torch.empty(0, len(data.classes))
+
+
+def choose_flip(net: nn.Module, preset: Preset, val: CachedSplit, mode: str) -> bool:
+    """Flip TTA: forced on/off, or kept only when it raises validation top-1."""
+    if mode != "auto":
+        return mode == "on"
+    accs = {}
+    for flip in (False, True):
+        probs = exported_probs(ExportedClassifier(net, preset, flip=flip), val)
+        accs[flip] = (probs.argmax(1) == val.labels).float().mean().item()
+    log.info("validation top-1 without/with flip TTA: %.4f / %.4f", accs[False], accs[True])
+    return accs[True] > accs[False]
+
+
+def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSplit]:
+    """Scan the dataset, carve validation out of train, decode/cache train, val and test."""
+    full = scan_split(args.data, "train")
+    train, val = stratified_split(full, args.val_fraction, args.seed)
+    splits = {"train": train, "val": val}
+    if (args.data / "test").is_dir():
+        splits["test"] = scan_split(args.data, "test", classes=full.classes)
+    cache = None if args.no_cache else args.cache_dir
+    out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
+           for k, s in splits.items()}
+    for k, s in out.items():
+        log.info("%s: %d photos, %d classes%s", k, len(s.labels), len(s.classes),
+                 f", {len(s.skipped)} unreadable skipped" if s.skipped else "")
+    return out
+
+
+def run(args: argparse.Namespace, model: nn.Module, name: str,
+        fit: Callable[..., tuple[nn.Module, list[dict], dict]] | None = None) -> dict:
+    """Train `model` as the CLI asked, export it, and write its report. Returns the report.
+
+    `fit(args, model, data, cfg) -> (net, history, info)` trains; the default trains the
+    whole network on augmented photos. Only rank 0 returns a report under DDP.
+    """
+    setup_logging()
+    cfg, preset = config_from_args(args), model.preset
+    try:
+        data = load_splits(args, preset)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    start = time.time()
+    net, history, info = (fit or fit_images)(args, model, data, cfg)
+    if info.get("rank", 0) != 0:
+        return {}
+    net = net.cpu().eval()
+    flip = choose_flip(net, preset, data["val"], args.tta)
+    report = evaluate_all(net, preset, flip, data)
+    report.update(train_seconds=round(time.time() - start), **info)
+    export = args.export or args.output / f"{name}.pt"
+    metadata = {"name": name, "architecture": getattr(model, "arch", name),
+                "dataset": str(args.data),
+                "command": "python -m " + " ".join(shlex.quote(a) for a in
+                                                   [f"train.{name}", *sys.argv[1:]]),
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3")}
+                            for s in ("val", "test") if s in report},
+                "train_config": vars(cfg)}
+    samples = [img.float() / 255.0 for img in data["val"].images[:4]]
+    samples.append(torch.rand(3, 300, 200))
+    export_model(net, preset, data["train"].classes, metadata, export, samples, flip=flip)
+    write_report(report, history, data["train"].classes, export)
+    log.info("exported %s  (val top-1 %.4f%s)", export, report["val"]["top1"],
+             f", test top-1 {report['test']['top1']:.4f} top-3 {report['test']['top3']:.4f}"
+             if "test" in report else "")
+    return report
+
+
+def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
+               cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
+    """Train every trainable weight on augmented photos; keep the best validation epoch."""
+    preset = model.preset
+    trainer = Trainer(model, len(data["train"].classes), cfg, args.output)
+    trainer.fit(TensorImageDataset(data["train"].images, data["train"].labels,
+                                   train_transform(preset)),
+                TensorImageDataset(data["val"].images, data["val"].labels,
+                                   eval_transform(preset)), resume=args.resume)
+    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
+            "epochs_run": len(trainer.history), "device": str(trainer.device)}
+    return trainer.load_best(), trainer.history, info
+
+
+def evaluate_all(net: nn.Module, preset: Preset, flip: bool,
+                 data: dict[str, CachedSplit]) -> dict:
+    """Reports on val (and test) through the exact wrapper that gets exported."""
+    wrapper = ExportedClassifier(net, preset, flip=flip)
+    return {k: classification_report(exported_probs(wrapper, data[k]), data[k].labels,
+                                     data[k].classes)
+            for k in ("val", "test") if k in data}
+
+
+def write_report(report: dict, history: list[dict], classes: list[str], export: Path) -> None:
+    """STEM.report.json, STEM.curves.png and STEM.confusion.png beside the model file."""
+    stem = export.with_suffix("")
+    Path(f"{stem}.report.json").write_text(json.dumps(report, indent=2))
+    plots.training_curves(history, f"{stem}.curves.png", title=export.name)
+    split = "test" if "test" in report else "val"
+    plots.confusion_png(report[split]["confusion"], classes, f"{stem}.confusion.png",
+                        title=f"{export.name}: {split} top-1 {report[split]['top1']:.3f}")
+    log.info("per-class %s accuracy:", split)
+    for c, v in report[split]["per_class"].items():
+        acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+        log.info("  %-40s %s  (%d photos)", c, acc, v["support"])
