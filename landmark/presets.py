@@ -93,8 +93,9 @@ def train_transform(preset: Preset) -> v2.Compose:
         v2.RandomHorizontalFlip(),
     ]
     if preset.randaug_magnitude > 0:
+        # its affine ops take nearest/bilinear only on tensors
         steps.append(v2.RandAugment(num_ops=2, magnitude=preset.randaug_magnitude,
-                                    interpolation=interp))
+                                    interpolation=v2.InterpolationMode.BILINEAR))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
     return v2.Compose(steps)
 

