@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,41 +23,49 @@ def _state_digest(module: nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-@torch.no_grad()
-def extract(backbone: nn.Module, data: CachedSplit, preset: Preset, views: int = 1,
-            batch: int = 64, seed: int = 0, desc: str = "features") -> tuple[Tensor, Tensor]:
-    """Pooled features of every photo: view 0 is the eval crop, view 1 its mirror image,
-    further views are random training augmentations. Returns (N * views, F), labels."""
-    backbone.eval()
-    gen_state = torch.get_rng_state()
-    torch.manual_seed(seed)
+def _view(data: CachedSplit, preset: Preset, view: int, seed: int) -> Callable[[Tensor], Tensor]:
+    """View 0: the eval crop; 1: its mirror image; 2+: random training augmentations."""
     ev, aug = eval_transform(preset), train_transform(preset)
+    if view == 0:
+        return ev
+    if view == 1:
+        return lambda img: ev(img).flip(-1)
+    return aug
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, data: CachedSplit, preset: Preset, view: int = 0,
+            batch: int = 64, seed: int = 0, desc: str = "features") -> Tensor:
+    """Pooled backbone features (N, F) of one view of every photo (see `_view`)."""
+    backbone.eval()
+    rng = torch.get_rng_state()
+    torch.manual_seed(seed + view)
+    transform = _view(data, preset, view, seed)
     feats = []
-    bar = tqdm(total=len(data.labels) * views, desc=desc, unit="img")
-    for v in range(views):
-        for i in range(0, len(data.labels), batch):
-            imgs = data.images[i:i + batch]
-            x = torch.stack([aug(img) if v >= 2 else ev(img) for img in imgs])
-            if v == 1:
-                x = x.flip(-1)
-            feats.append(backbone(x.contiguous(memory_format=torch.channels_last)).float())
-            bar.update(len(imgs))
-    bar.close()
-    torch.set_rng_state(gen_state)
-    return torch.cat(feats), data.labels.repeat(views)
+    for i in tqdm(range(0, len(data.labels), batch), desc=f"{desc} view {view}", unit="batch"):
+        x = torch.stack([transform(img) for img in data.images[i:i + batch]])
+        feats.append(backbone(x.contiguous(memory_format=torch.channels_last)).float())
+    torch.set_rng_state(rng)
+    return torch.cat(feats)
 
 
 def cached_features(backbone: nn.Module, data: CachedSplit, preset: Preset, views: int,
                     cache_dir: Path | None, desc: str) -> tuple[Tensor, Tensor]:
-    """`extract`, memoised on disk by backbone weights, photos and views."""
-    if cache_dir is None:
-        return extract(backbone, data, preset, views, desc=desc)
-    key = hashlib.sha1(f"{_state_digest(backbone)}{preset}{views}{data.paths}".encode())
-    path = Path(cache_dir) / f"feat-{desc}-{key.hexdigest()[:16]}.pt"
-    if path.exists():
-        return tuple(torch.load(path))
-    out = extract(backbone, data, preset, views, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
-    return out
+    """Features of `views` views of every photo stacked (N * views, F), with labels.
+
+    Each view is memoised on disk by backbone weights, photos and view index, so asking
+    for 4 views after 2 computes only the two new ones."""
+    digest = _state_digest(backbone)
+    out = []
+    for view in range(views):
+        if cache_dir is None:
+            out.append(extract(backbone, data, preset, view, desc=desc))
+            continue
+        key = hashlib.sha1(f"{digest}{preset}{view}{data.paths}".encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"feat-{desc}-{key}.pt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(extract(backbone, data, preset, view, desc=desc), path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+        out.append(torch.load(path))
+    return torch.cat(out), data.labels.repeat(views)
