@@ -53,3 +53,24 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: str | Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def reliability_png(before: list[dict], after: list[dict], path: str | Path,
+                    title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence, before and after calibration."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    for bins, name in ((before, "before"), (after, "after")):
+        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["count"]]
+        ax.plot(*zip(*pts, strict=True), "o-", label=name)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -24,7 +24,8 @@ def real_photos(cls: str, split: str = "train", n: int = 8) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ROOT/{train,test}/{03.Eiffel_Tower,11.Niagara_Falls}: 8 train + 3 test real photos each."""
+    """ROOT/{train,test}/{03.Eiffel_Tower,11.Niagara_Falls}: 8 train + 3 test real photos
+    each, and ROOT/unknown/: 6 photos of other places."""
     root = tmp_path_factory.mktemp("tiny") / "landmark_images"
     for cls in TINY_CLASSES:
         for split, n in (("train", 8), ("test", 3)):
@@ -32,6 +33,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             dest.mkdir(parents=True)
             for p in real_photos(cls, split, n):
                 shutil.copy(p, dest / p.name)
+    (root / "unknown").mkdir()
+    for p in sorted((SHARED / "unknown").iterdir())[:6]:
+        shutil.copy(p, root / "unknown" / p.name)
     return root
 
 

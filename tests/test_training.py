@@ -1,5 +1,6 @@
 """The training engine: it learns, it resumes, it runs as a CLI."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from landmark import checkpoint
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
 from landmark.engine import TrainConfig, Trainer, predict
+from landmark.export import load_exported
 from landmark.models import create_model
 from landmark.presets import eval_transform, train_transform
 from tests.conftest import REPO
@@ -104,6 +106,14 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
                "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode == 0, res.stderr[-2000:]
     for name in ("scratch.pt", "scratch.report.json", "scratch.curves.png",
-                 "scratch.confusion.png", "metrics.csv", "last.pt", "best.pt"):
+                 "scratch.confusion.png", "scratch.reliability.png", "metrics.csv", "last.pt",
+                 "best.pt"):
         assert (out / name).stat().st_size > 0, name
     assert "test top-1" in res.stderr
+    meta = load_exported(out / "scratch.pt").metadata
+    assert 0 < meta["reject_threshold"] < 1 and meta["temperature"] > 0
+    report = json.loads((out / "scratch.report.json").read_text())
+    assert report["open_set"]["shipped"]["n_unknown"] == 3  # the held-out half
+    assert report["open_set"]["tune"]["n_unknown"] == 3
+    assert set(report["open_set"]["auroc_by_score"]) == {"max_probability", "max_logit",
+                                                         "energy"}

@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from landmark import plots
-from landmark.data import DatasetError, TensorImageDataset, scan_split, stratified_split
+from landmark.data import DatasetError, Split, TensorImageDataset, scan_split, stratified_split
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
+from landmark.data.layout import list_images
 from landmark.engine import TrainConfig, Trainer
-from landmark.export import ExportedClassifier, export_model
-from landmark.metrics import classification_report
+from landmark.export import export_model
 from landmark.presets import Preset, eval_transform, train_transform
+from train.assess import assess
 
 log = logging.getLogger("train")
 
@@ -41,6 +42,9 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     d.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="where decoded, resized photos are cached (default %(default)s)")
     d.add_argument("--no-cache", action="store_true", help="decode photos without caching")
+    d.add_argument("--unknown", type=Path, default=None,
+                   help="photos of other places, for the 'no known landmark' threshold "
+                        "(default DATA/unknown when present)")
     t = p.add_argument_group("training")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -57,6 +61,11 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     o.add_argument("--tta", choices=["auto", "on", "off"], default="auto",
                    help="flip test-time augmentation inside the export; auto: keep it only if "
                         "it helps on validation")
+    o.add_argument("--no-calibrate", action="store_true",
+                   help="skip temperature scaling on the validation split")
+    o.add_argument("--accept-known", type=float, default=0.95,
+                   help="share of validation photos the reject threshold must keep "
+                        "(default %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -68,27 +77,6 @@ def setup_logging() -> None:
                         datefmt="%H:%M:%S")
 
 
-@torch.no_grad()
-def exported_probs(module: nn.Module, data: CachedSplit, batch: int = 128) -> Tensor:
-    """Probabilities of an ExportedClassifier on cached uint8 photos (as the file would do)."""
-    module.eval()
-    out = [module(data.images[i:i + batch].float() / 255.0)
-           for i in range(0, len(data.labels), batch)]
-    return torch.cat(out) if out else torch.empty(0, len(data.classes))
-
-
-def choose_flip(net: nn.Module, preset: Preset, val: CachedSplit, mode: str) -> bool:
-    """Flip TTA: forced on/off, or kept only when it raises validation top-1."""
-    if mode != "auto":
-        return mode == "on"
-    accs = {}
-    for flip in (False, True):
-        probs = exported_probs(ExportedClassifier(net, preset, flip=flip), val)
-        accs[flip] = (probs.argmax(1) == val.labels).float().mean().item()
-    log.info("validation top-1 without/with flip TTA: %.4f / %.4f", accs[False], accs[True])
-    return accs[True] > accs[False]
-
-
 def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSplit]:
     """Scan the dataset, carve validation out of train, decode/cache train, val and test."""
     full = scan_split(args.data, "train")
@@ -96,6 +84,10 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
     splits = {"train": train, "val": val}
     if (args.data / "test").is_dir():
         splits["test"] = scan_split(args.data, "test", classes=full.classes)
+    unknown = args.unknown or args.data / "unknown"
+    if unknown.is_dir() and list_images(unknown):
+        paths = list_images(unknown)
+        splits["unknown"] = Split(paths, [-1] * len(paths), full.classes)
     cache = None if args.no_cache else args.cache_dir
     out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
            for k, s in splits.items()}
@@ -123,8 +115,8 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     if info.get("rank", 0) != 0:
         return {}
     net = net.cpu().eval()
-    flip = choose_flip(net, preset, data["val"], args.tta)
-    report = evaluate_all(net, preset, flip, data)
+    report, settings = assess(net, preset, data, args.tta, not args.no_calibrate,
+                              args.accept_known)
     report.update(train_seconds=round(time.time() - start), **info)
     export = args.export or args.output / f"{name}.pt"
     metadata = {"name": name, "architecture": getattr(model, "arch", name),
@@ -132,12 +124,15 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
                 "command": "python -m " + " ".join(shlex.quote(a) for a in
                                                    [f"train.{name}", *sys.argv[1:]]),
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3")}
+                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
                             for s in ("val", "test") if s in report},
+                "reject_threshold": settings["reject_threshold"],
+                "open_set": report.get("open_set", {}).get("shipped"),
                 "train_config": vars(cfg)}
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
     samples.append(torch.rand(3, 300, 200))
-    export_model(net, preset, data["train"].classes, metadata, export, samples, flip=flip)
+    export_model(net, preset, data["train"].classes, metadata, export, samples,
+                 temperature=settings["temperature"], flip=settings["flip"])
     write_report(report, history, data["train"].classes, export)
     log.info("exported %s  (val top-1 %.4f%s)", export, report["val"]["top1"],
              f", test top-1 {report['test']['top1']:.4f} top-3 {report['test']['top3']:.4f}"
@@ -160,15 +155,6 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     return trainer.load_best(), trainer.history, info
 
 
-def evaluate_all(net: nn.Module, preset: Preset, flip: bool,
-                 data: dict[str, CachedSplit]) -> dict:
-    """Reports on val (and test) through the exact wrapper that gets exported."""
-    wrapper = ExportedClassifier(net, preset, flip=flip)
-    return {k: classification_report(exported_probs(wrapper, data[k]), data[k].labels,
-                                     data[k].classes)
-            for k in ("val", "test") if k in data}
-
-
 def write_report(report: dict, history: list[dict], classes: list[str], export: Path) -> None:
     """STEM.report.json, STEM.curves.png and STEM.confusion.png beside the model file."""
     stem = export.with_suffix("")
@@ -177,6 +163,10 @@ def write_report(report: dict, history: list[dict], classes: list[str], export: 
     split = "test" if "test" in report else "val"
     plots.confusion_png(report[split]["confusion"], classes, f"{stem}.confusion.png",
                         title=f"{export.name}: {split} top-1 {report[split]['top1']:.3f}")
+    plots.reliability_png(report[split]["reliability_before"],
+                          report[split]["reliability_after"], f"{stem}.reliability.png",
+                          title=f"{export.name}: {split}, ECE {report[split]['ece_before']:.3f}"
+                                f" -> {report[split]['ece_after']:.3f}")
     log.info("per-class %s accuracy:", split)
     for c, v in report[split]["per_class"].items():
         acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"

@@ -1,0 +1,41 @@
+import torch
+
+from landmark.calibration import (
+    auroc,
+    expected_calibration_error,
+    fit_temperature,
+    open_set_report,
+    reject_threshold,
+    tta_probs,
+)
+
+
+def _synthetic(true_t: float, n: int = 4000, c: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(logits / true_t): calibrated at true_t."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, c, generator=gen) * 4
+    labels = torch.multinomial((logits / true_t).softmax(1), 1, generator=gen).squeeze(1)
+    return logits, labels
+
+
+def test_temperature_scaling_recovers_the_true_temperature() -> None:
+    logits, labels = _synthetic(2.5)
+    t = fit_temperature([logits], labels)
+    assert abs(t - 2.5) < 0.25
+    before = expected_calibration_error(tta_probs([logits], 1.0), labels)
+    after = expected_calibration_error(tta_probs([logits], t), labels)
+    assert before > 0.1 and after < 0.03
+
+
+def test_tta_probs_averages_views() -> None:
+    a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert torch.allclose(tta_probs([a, b], 1.0), torch.tensor([[0.5, 0.5]]))
+
+
+def test_auroc_and_threshold() -> None:
+    known, unknown = torch.linspace(0.5, 1.0, 100), torch.linspace(0.0, 0.49, 50)
+    assert auroc(known, unknown) == 1.0
+    assert auroc(known, known) == 0.5
+    thr = reject_threshold(known, 0.95)
+    rep = open_set_report(known, unknown, thr)
+    assert rep["known_accepted"] >= 0.95 - 1e-6 and rep["unknown_rejected"] == 1.0

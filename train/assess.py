@@ -1,0 +1,103 @@
+"""After training: flip TTA and temperature chosen on validation, the reject threshold on
+validation + half of the unknown photos, and the full report on test + the other half."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from landmark.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    open_set_report,
+    reject_threshold,
+    reliability_bins,
+    tta_probs,
+)
+from landmark.data.cache import CachedSplit
+from landmark.metrics import classification_report
+from landmark.presets import EvalPreprocess, Preset
+
+log = logging.getLogger("train")
+
+
+@torch.no_grad()
+def logit_views(net: nn.Module, preset: Preset, data: CachedSplit, batch: int = 128,
+                ) -> list[Tensor]:
+    """[logits of the eval crop, logits of its mirror image] for every cached photo."""
+    net.eval()
+    pre = EvalPreprocess(preset)
+    plain, flipped = [], []
+    for i in range(0, len(data.paths), batch):
+        x = pre(data.images[i:i + batch].float() / 255.0)
+        plain.append(net(x).float())
+        flipped.append(net(x.flip(-1)).float())
+    return [torch.cat(plain), torch.cat(flipped)] if plain else [torch.empty(0), torch.empty(0)]
+
+
+def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded halves of the unknown photos: one to choose the threshold, one to report."""
+    order = torch.randperm(len(unknown.paths), generator=torch.Generator().manual_seed(seed))
+    return sorted(order[::2].tolist()), sorted(order[1::2].tolist())
+
+
+def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
+           calibrate: bool, accept_known: float) -> tuple[dict, dict]:
+    """Choose flip, temperature and threshold without the test split; report every split.
+
+    Returns (report, export settings {flip, temperature, reject_threshold})."""
+    views = {k: logit_views(net, preset, d) for k, d in data.items() if k != "train"}
+    val_labels = data["val"].labels
+    accs = {f: (tta_probs(views["val"][:1 + f], 1.0).argmax(1) == val_labels).float().mean()
+            for f in (False, True)}
+    flip = tta == "on" or (tta == "auto" and bool(accs[True] > accs[False]))
+    log.info("validation top-1 without/with flip TTA: %.4f / %.4f -> flip %s",
+             accs[False], accs[True], "on" if flip else "off")
+    used = {k: v[:1 + flip] for k, v in views.items()}
+    temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
+    probs = {k: tta_probs(v, temperature) for k, v in used.items()}
+    raw = {k: tta_probs(v, 1.0) for k, v in used.items()}
+    report: dict = {"flip_tta": flip, "temperature": temperature}
+    for k in ("val", "test"):
+        if k in data:
+            report[k] = classification_report(probs[k], data[k].labels, data[k].classes)
+            report[k]["ece_before"] = expected_calibration_error(raw[k], data[k].labels)
+            report[k]["ece_after"] = expected_calibration_error(probs[k], data[k].labels)
+            report[k]["reliability_before"] = reliability_bins(raw[k], data[k].labels)
+            report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
+    threshold = reject_threshold(probs["val"].max(1).values, accept_known)
+    if "unknown" in data:
+        threshold = _open_set(report, data, used, probs, temperature, accept_known)
+    settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold}
+    return report, settings
+
+
+def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[Tensor]],
+              probs: dict[str, Tensor], temperature: float, accept_known: float) -> float:
+    """Threshold on val + unknown-tune; compare scores on test + unknown-holdout."""
+    tune, hold = split_unknown(data["unknown"])
+    threshold = reject_threshold(probs["val"].max(1).values, accept_known)
+    known = "test" if "test" in data else "val"
+    scores = {
+        "max_probability": lambda k: probs[k].max(1).values,
+        "max_logit": lambda k: torch.stack(views[k]).mean(0).max(1).values,
+        "energy": lambda k: torch.logsumexp(torch.stack(views[k]).mean(0) / temperature, 1),
+    }
+    report["open_set"] = {
+        "rule": f"accept when top probability >= threshold; threshold keeps "
+                f"{accept_known:.0%} of validation photos",
+        "tune": open_set_report(probs["val"].max(1).values,
+                                probs["unknown"][tune].max(1).values, threshold),
+        "report_on": f"{known} split + held-out half of unknown/",
+        "shipped": open_set_report(probs[known].max(1).values,
+                                   probs["unknown"][hold].max(1).values, threshold),
+        "auroc_by_score": {name: open_set_report(f(known), f("unknown")[hold], 0.0)["auroc"]
+                           for name, f in scores.items()},
+    }
+    shipped = report["open_set"]["shipped"]
+    log.info("open set on %s: AUROC %.3f, known accepted %.3f, unknown rejected %.3f "
+             "(threshold %.3f)", report["open_set"]["report_on"], shipped["auroc"],
+             shipped["known_accepted"], shipped["unknown_rejected"], threshold)
+    return threshold
