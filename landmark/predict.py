@@ -12,6 +12,10 @@ from PIL import Image
 from landmark.data.imageio import load_image
 from landmark.data.layout import display_name
 from landmark.export import load_exported
+from landmark.facts import lookup, nearest
+from landmark.geotag import read_gps
+
+GENERIC_HASHTAGS = ("#travel", "#landmark")
 
 
 class Predictor:
@@ -29,9 +33,11 @@ class Predictor:
 
     def load(self, src: str | Path | BinaryIO | Image.Image) -> Image.Image:
         """Any photo source -> RGB PIL image (raises ImageError on bad input)."""
-        if isinstance(src, Image.Image):
-            return src.convert("RGB")
-        return load_image(src, max_side=self.decode_side)
+        img = src.convert("RGB") if isinstance(src, Image.Image) else load_image(
+            src, max_side=self.decode_side)
+        factor = min(img.size) // self.decode_side
+        # a huge PNG/HEIC: box-downscale first, so memory stays bounded
+        return img.reduce(factor) if factor >= 2 else img
 
     @torch.no_grad()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
@@ -53,3 +59,20 @@ class Predictor:
         return [{"class": self.classes[i], "landmark": display_name(self.classes[i]),
                  "confidence": round(float(p), 4)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+    def tag(self, src: str | Path | BinaryIO, k: int = 3) -> dict:
+        """The full tag record: predictions, known, location, hashtags, tags, photo GPS."""
+        preds = self.predict(src, k)
+        known = bool(preds) and preds[0]["confidence"] >= self.reject_threshold
+        fact = lookup(preds[0]["class"]) if known else None
+        result = {"predictions": preds, "known": known,
+                  "location": fact.location() if fact else None,
+                  "hashtags": [*fact.hashtags, *GENERIC_HASHTAGS] if fact else [],
+                  "tags": [fact.landmark, fact.city, fact.country] if fact else []}
+        gps = read_gps(src) if isinstance(src, (str, Path)) else None
+        if gps:
+            place, km = nearest(*gps)
+            result["photo_gps"] = {"lat": gps[0], "lon": gps[1],
+                                   "nearest_landmark": place.landmark,
+                                   "distance_km": round(km, 1)}
+        return result

@@ -117,3 +117,12 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert report["open_set"]["tune"]["n_unknown"] == 3
     assert set(report["open_set"]["auroc_by_score"]) == {"max_probability", "max_logit",
                                                          "energy"}
+    # the file, evaluated on its own, reproduces the training-time figures
+    ev = subprocess.run([sys.executable, "-m", "train.evaluate", str(out / "scratch.pt"),
+                         "--data", str(tiny_data), "--out", str(tmp_path / "ev")],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "ev.json").read_text())
+    assert evaluated["top1"] == pytest.approx(report["test"]["top1"], abs=1e-6)
+    assert evaluated["open_set"]["known_accepted"] == pytest.approx(
+        report["open_set"]["shipped"]["known_accepted"], abs=1e-6)
