@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ SHARED = REPO.parent / "shared" / "data" / "landmark_images"
 TINY_CLASSES = ("03.Eiffel_Tower", "11.Niagara_Falls")
 
 torch.set_num_threads(2)
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # the local Hub server speaks plain HTTP
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def real_photos(cls: str, split: str = "train", n: int = 8) -> list[Path]:
@@ -42,3 +47,16 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real exported model (tiny CNN, 2 epochs) with its report and plots beside it."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    res = subprocess.run(
+        [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model", "tiny_cnn",
+         "--epochs", "2", "--batch-size", "8", "--workers", "0", "--output", str(out),
+         "--cache-dir", str(out / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "scratch.pt"

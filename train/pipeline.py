@@ -61,6 +61,9 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     o.add_argument("--tta", choices=["auto", "on", "off"], default="auto",
                    help="flip test-time augmentation inside the export; auto: keep it only if "
                         "it helps on validation")
+    o.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None,
+                   help="after export, push the model, its card and figures to this Hub repo "
+                        "(token: HF_TOKEN or a saved login)")
     o.add_argument("--no-calibrate", action="store_true",
                    help="skip temperature scaling on the validation split")
     o.add_argument("--accept-known", type=float, default=0.95,
@@ -134,6 +137,13 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     export_model(net, preset, data["train"].classes, metadata, export, samples,
                  temperature=settings["temperature"], flip=settings["flip"])
     write_report(report, history, data["train"].classes, export)
+    if args.push_to_hub:
+        from landmark.hub import HubError, push
+        try:
+            report["hub_commit"] = push(export, args.push_to_hub)
+        except HubError as e:
+            log.error("%s (the model is saved at %s; push it later with "
+                      "python -m landmark.hub push)", e, export)
     log.info("exported %s  (val top-1 %.4f%s)", export, report["val"]["top1"],
              f", test top-1 {report['test']['top1']:.4f} top-3 {report['test']['top3']:.4f}"
              if "test" in report else "")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import socket
-import urllib.parse
 from pathlib import Path
 
 import timm
@@ -21,6 +19,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from landmark.hub import hub_reachable
 from landmark.models.registry import register_model
 from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 
@@ -89,21 +88,6 @@ def lite_weights_file(variant: int) -> Path:
     torch.save(mapped, tmp)
     tmp.replace(dest)
     return dest
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the Hub endpoint? False at once when offline."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-        return False
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def timm_backbone(timm_name: str, pretrained: bool = True, weights: str | Path | None = None,
