@@ -3,6 +3,10 @@
     python app.py                 serve the web demo on 127.0.0.1:7860 (GRADIO_SERVER_PORT)
     python app.py --tag PHOTO...  tag photos from the command line and print JSON lines
 
+Models: pulled from the Hugging Face Hub repos in LANDMARK_HUB_REPO (comma-separated,
+default: the project's; "off" to skip; LANDMARK_HUB_REVISION pins a revision), falling
+back to huggingface_hub's cache and then to the files bundled in models/.
+
 API (gradio_client):
     Client(url).predict(handle_file("photo.jpg"), "transfer", 3, api_name="/tag")
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from landmark.data.imageio import ImageError
 from landmark.geotag import geotag_jpeg
+from landmark.hub import DEFAULT_REPOS, pull_with_fallback
 from landmark.predict import Predictor
 
 ROOT = Path(__file__).parent
@@ -35,9 +40,25 @@ def find_models(folder: Path = MODELS_DIR) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.pt"))}
 
 
-def load_predictors(folder: Path = MODELS_DIR) -> dict[str, Predictor]:
-    """Every bundled model, ready to serve (the best one first)."""
+def resolve_models(folder: Path = MODELS_DIR) -> dict[str, Path]:
+    """Model files to serve: each repo in LANDMARK_HUB_REPO (comma-separated; default the
+    project's repos; "off" for none) pulled from the Hub, else its cached or bundled copy."""
     models = find_models(folder)
+    repos = os.environ.get("LANDMARK_HUB_REPO", ",".join(DEFAULT_REPOS))
+    if repos.strip().lower() in ("", "off", "none", "0"):
+        return models
+    revision = os.environ.get("LANDMARK_HUB_REVISION") or None
+    for repo in (r.strip() for r in repos.split(",") if r.strip()):
+        name = repo.rsplit("/", 1)[-1].removeprefix("landmark-")
+        path = pull_with_fallback(repo, models.get(name), revision)
+        if path:
+            models[name] = path
+    return models
+
+
+def load_predictors(folder: Path = MODELS_DIR) -> dict[str, Predictor]:
+    """Every model found (Hub or bundled), ready to serve, the best one first."""
+    models = resolve_models(folder)
     order = sorted(models, key=lambda n: (n != "transfer", n))
     return {name: Predictor(models[name]) for name in order}
 

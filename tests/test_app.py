@@ -172,3 +172,33 @@ def test_browser_upload_switch_model_and_read_tags(app_url: str, tmp_path: Path)
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert Image.open(io.BytesIO(shot.read_bytes())).size[0] == 1400
+
+
+def test_app_serves_models_pulled_from_the_hub(tiny_model: Path, tmp_path: Path) -> None:
+    """LANDMARK_HUB_REPO: the app pulls through landmark.hub; the pulled model answers."""
+    from landmark import hub
+    from tests.hub_server import FakeHub
+    with FakeHub() as srv:
+        hub.push(tiny_model, "me/landmark-scratch", endpoint=srv.url)
+        port = _free_port()
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_ENDPOINT": srv.url,
+               "LANDMARK_HUB_REPO": "me/landmark-scratch", "HF_HOME": str(tmp_path / "hf")}
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(url, timeout=2)
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stdout.read()[-3000:]
+                    time.sleep(0.5)
+            result = Client(url, verbose=False).predict(
+                handle_file(str(EXAMPLES / "eiffel_tower.jpg")), "scratch", 3, api_name="/tag")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    # the tiny Hub model knows two classes; the bundled scratch model knows 19
+    assert {p["class"] for p in result["predictions"]} == {"03.Eiffel_Tower",
+                                                           "11.Niagara_Falls"}
