@@ -52,27 +52,36 @@ class Predictor:
             out.append(self.module(x[None]))
         return torch.cat(out)
 
-    def predict(self, src: str | Path | BinaryIO | Image.Image, k: int = 3) -> list[dict]:
-        """Top-k [{class, landmark, confidence}] for one photo, best first."""
-        probs = self.probabilities([self.load(src)])[0]
+    def top_k(self, probs: torch.Tensor, k: int = 3) -> list[dict]:
+        """Top-k [{class, landmark, confidence}] of one probability row, best first."""
         top = probs.topk(min(k, len(self.classes)))
         return [{"class": self.classes[i], "landmark": display_name(self.classes[i]),
                  "confidence": round(float(p), 4)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
-    def tag(self, src: str | Path | BinaryIO, k: int = 3) -> dict:
-        """The full tag record: predictions, known, location, hashtags, tags, photo GPS."""
-        preds = self.predict(src, k)
+    def predict(self, src: str | Path | BinaryIO | Image.Image, k: int = 3) -> list[dict]:
+        """Top-k [{class, landmark, confidence}] for one photo, best first."""
+        return self.top_k(self.probabilities([self.load(src)])[0], k)
+
+    def record(self, probs: torch.Tensor, k: int = 3,
+               gps: tuple[float, float] | None = None) -> dict:
+        """The tag record of one probability row: predictions, known, location, hashtags,
+        tags, and the photo's own GPS with the nearest known landmark when it has one."""
+        preds = self.top_k(probs, k)
         known = bool(preds) and preds[0]["confidence"] >= self.reject_threshold
         fact = lookup(preds[0]["class"]) if known else None
         result = {"predictions": preds, "known": known,
                   "location": fact.location() if fact else None,
                   "hashtags": [*fact.hashtags, *GENERIC_HASHTAGS] if fact else [],
                   "tags": [fact.landmark, fact.city, fact.country] if fact else []}
-        gps = read_gps(src) if isinstance(src, (str, Path)) else None
         if gps:
             place, km = nearest(*gps)
             result["photo_gps"] = {"lat": gps[0], "lon": gps[1],
                                    "nearest_landmark": place.landmark,
                                    "distance_km": round(km, 1)}
         return result
+
+    def tag(self, src: str | Path | BinaryIO, k: int = 3) -> dict:
+        """The full tag record of one photo (see `record`)."""
+        probs = self.probabilities([self.load(src)])[0]
+        return self.record(probs, k, read_gps(src) if isinstance(src, (str, Path)) else None)

@@ -1,0 +1,221 @@
+"""Tag photo collections in bulk.
+
+    python -m landmark.tag PHOTOS_OR_FOLDERS... --model transfer --out tags.jsonl
+    python -m landmark.tag /data/photos --out part-3.jsonl --shard 3/16   # one of 16 jobs
+
+One record per file, the same JSON as the app's /tag API plus `file` (and `photo_gps`
+when the photo carries GPS); a file that cannot be read gets a record with `error` and
+the run goes on. Re-running with the same --out resumes: finished files are skipped.
+--shard I/N takes a deterministic 1/N of the sorted file list, so any scheduler (Slurm
+arrays, Kubernetes indexed jobs) can fan a corpus out. --write-exif DIR writes geotagged
+copies of JPEGs whose landmark is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from landmark.data.imageio import ImageError
+from landmark.data.layout import list_images
+from landmark.geotag import geotag_jpeg, read_gps
+from landmark.predict import Predictor
+from landmark.presets import cache_image
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def collect(inputs: list[Path]) -> list[Path]:
+    """Image files named directly or found below folders, sorted and de-duplicated."""
+    files: set[Path] = set()
+    for p in inputs:
+        if p.is_dir():
+            files.update(list_images(p))
+        elif p.exists():
+            files.add(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return sorted(files)
+
+
+def shard(files: list[Path], spec: str | None) -> list[Path]:
+    """'I/N' -> every N-th file starting at I (0-based) of the sorted list."""
+    if not spec:
+        return files
+    i, n = (int(x) for x in spec.split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {spec}: need 0 <= I < N")
+    return files[i::n]
+
+
+class PhotoDataset(Dataset):
+    """Decodes and resizes in DataLoader workers: (index, uint8 square or empty, error)."""
+
+    def __init__(self, files: list[Path], predictor: Predictor) -> None:
+        self.files, self.predictor = files, predictor
+        self.size = int(predictor.metadata["preset"]["resize_size"])
+        self.interpolation = predictor.metadata["preset"]["interpolation"]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        try:
+            img = self.predictor.load(self.files[i])
+        except ImageError as e:
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
+        arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        if min(arr.shape[1:]) < 32:
+            img = img.resize((max(32, img.width), max(32, img.height)))
+            arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        return i, cache_image(arr, self.size, self.interpolation), ""
+
+
+def done_files(out: Path) -> set[str]:
+    """Files already recorded in an earlier (possibly killed) run's output."""
+    if not out.exists():
+        return set()
+    if out.suffix == ".csv":
+        with open(out, newline="") as f:
+            return {row["file"] for row in csv.DictReader(f)}
+    seen = set()
+    for line in out.read_text().splitlines():
+        try:
+            seen.add(json.loads(line)["file"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by a kill
+    return seen
+
+
+class Writer:
+    """Appends records as JSON lines or CSV rows, flushed per batch."""
+
+    FIELDS = ("file", "landmark", "class", "confidence", "known", "city", "country", "lat",
+              "lon", "hashtags", "error")
+
+    def __init__(self, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.csv = out.suffix == ".csv"
+        new = not out.exists() or out.stat().st_size == 0
+        if not self.csv and not new and not out.read_bytes().endswith(b"\n"):
+            with open(out, "ab") as f:  # a killed run's half line: start a fresh one
+                f.write(b"\n")
+        self.f = open(out, "a", newline="")  # noqa: SIM115
+        if self.csv:
+            self.rows = csv.DictWriter(self.f, fieldnames=self.FIELDS)
+            if new:
+                self.rows.writeheader()
+
+    def write(self, rec: dict) -> None:
+        if not self.csv:
+            self.f.write(json.dumps(rec) + "\n")
+            return
+        top = (rec.get("predictions") or [{}])[0]
+        loc = rec.get("location") or {}
+        self.rows.writerow({"file": rec["file"], "landmark": top.get("landmark"),
+                            "class": top.get("class"), "confidence": top.get("confidence"),
+                            "known": rec.get("known"), "city": loc.get("city"),
+                            "country": loc.get("country"), "lat": loc.get("lat"),
+                            "lon": loc.get("lon"), "hashtags": " ".join(rec.get("hashtags", [])),
+                            "error": rec.get("error")})
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def resolve_model(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".pt" and path.exists():
+        return path
+    bundled = MODELS_DIR / f"{name_or_path}.pt"
+    if bundled.exists():
+        return bundled
+    raise FileNotFoundError(f"no model {name_or_path!r}: give a .pt file or one of "
+                            f"{sorted(p.stem for p in MODELS_DIR.glob('*.pt'))}")
+
+
+@torch.no_grad()
+def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
+        workers: int = 2, exif_dir: Path | None = None) -> dict:
+    """Tag `files` not yet in `out`; returns counts."""
+    done = done_files(out)
+    todo = [f for f in files if str(f) not in done]
+    loader = DataLoader(PhotoDataset(todo, predictor), batch_size=batch, num_workers=workers,
+                        persistent_workers=False)
+    writer = Writer(out)
+    counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
+    bar = tqdm(total=len(todo), desc="tagging", unit="photo")
+    try:
+        for idx, images, errors in loader:
+            ok = [j for j, e in enumerate(errors) if not e]
+            probs = predictor.module(images[ok].float() / 255.0) if ok else None
+            for pos, (i, err) in enumerate(zip(idx.tolist(), errors, strict=True)):
+                path = todo[i]
+                if err:
+                    writer.write({"file": str(path), "error": err})
+                    counts["errors"] += 1
+                    continue
+                rec = {"file": str(path),
+                       **predictor.record(probs[ok.index(pos)], k, read_gps(path))}
+                if exif_dir and rec["location"]:
+                    _write_exif(path, rec, exif_dir)
+                writer.write(rec)
+                counts["tagged"] += 1
+            writer.flush()
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        writer.close()
+    return counts
+
+
+def _write_exif(path: Path, rec: dict, folder: Path) -> None:
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return
+    loc, name = rec["location"], rec["predictions"][0]["landmark"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / path.name).write_bytes(geotag_jpeg(
+        data, loc["lat"], loc["lon"], f"{name}, {loc['city']}, {loc['country']}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m landmark.tag", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="+", type=Path, help="photo files or folders")
+    p.add_argument("--model", default="transfer", help="bundled model name or .pt file")
+    p.add_argument("--out", type=Path, default=Path("tags.jsonl"),
+                   help="output .jsonl or .csv (appended to; reruns resume)")
+    p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="take shard I of N (0-based)")
+    p.add_argument("--write-exif", type=Path, default=None, metavar="DIR",
+                   help="write geotagged copies of JPEGs here")
+    args = p.parse_args(argv)
+    try:
+        files = shard(collect(args.photos), args.shard)
+        predictor = Predictor(resolve_model(args.model))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    counts = run(files, predictor, args.out, args.k, args.batch_size, args.workers,
+                 args.write_exif)
+    print(f"{counts['tagged']} tagged, {counts['errors']} unreadable, "
+          f"{counts['skipped_done']} already done -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

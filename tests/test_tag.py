@@ -1,0 +1,112 @@
+"""Batch tagging: records, errors, resume, shards, CSV, EXIF copies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landmark.geotag import read_gps
+from landmark.predict import Predictor
+from landmark.tag import collect, shard
+from tests.conftest import REPO, real_photos
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for cls in ("03.Eiffel_Tower", "11.Niagara_Falls"):
+        (root / cls).mkdir(parents=True)
+        for p in real_photos(cls, "test", 5):
+            shutil.copy(p, root / cls / p.name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    return root
+
+
+def _tag(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "landmark.tag", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_folder_is_tagged_with_app_records_and_errors(photos: Path, tiny_model: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "tags.jsonl"
+    res = _tag(str(photos), "--model", str(tiny_model), "--out", str(out), "--workers", "2",
+               "--batch-size", "4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    recs = {Path(r["file"]).name: r for r in _lines(out)}
+    assert len(recs) == 11
+    assert "unreadable" in recs["broken.jpg"]["error"] or "not an image" in recs[
+        "broken.jpg"]["error"]
+    one = next(p for p in photos.rglob("*.jpg") if p.name != "broken.jpg")
+    rec = recs[one.name]
+    direct = Predictor(tiny_model).tag(one)
+    assert set(direct) <= set(rec) and rec["file"] == str(one)
+    assert rec["predictions"][0]["class"] == direct["predictions"][0]["class"]
+    assert rec["predictions"][0]["confidence"] == pytest.approx(
+        direct["predictions"][0]["confidence"], abs=0.02)
+    assert "10 tagged, 1 unreadable" in res.stderr
+
+
+def test_killed_run_resumes_without_redoing(photos: Path, tiny_model: Path,
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "tags.jsonl"
+    assert _tag(str(photos), "--model", str(tiny_model), "--out", str(out)).returncode == 0
+    full = out.read_text().splitlines()
+    out.write_text("\n".join(full[:4]) + "\n" + full[4][:30])  # killed mid-line
+    res = _tag(str(photos), "--model", str(tiny_model), "--out", str(out))
+    assert "4 already done" in res.stderr
+    files = [r["file"] for r in _lines_tolerant(out)]
+    assert sorted(files) == sorted({json.loads(line)["file"] for line in full})
+
+
+def _lines_tolerant(out: Path) -> list[dict]:
+    recs = []
+    for line in out.read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return recs
+
+
+def test_shards_partition_the_corpus(photos: Path) -> None:
+    files = collect([photos])
+    parts = [shard(files, f"{i}/3") for i in range(3)]
+    assert sorted(p for part in parts for p in part) == files
+    assert not set(parts[0]) & set(parts[1])
+    assert shard(collect([photos]), "1/3") == parts[1]  # deterministic
+    with pytest.raises(ValueError):
+        shard(files, "3/3")
+
+
+def test_csv_and_exif_copies(photos: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out, exif = tmp_path / "tags.csv", tmp_path / "geo"
+    res = _tag(str(photos / "03.Eiffel_Tower"), "--model", str(tiny_model), "--out", str(out),
+               "--write-exif", str(exif))
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and {"file", "landmark", "lat", "hashtags"} <= set(rows[0])
+    known = [r for r in rows if r["known"] == "True"]
+    copies = sorted(exif.glob("*.jpg"))
+    assert len(copies) == len(known)
+    for c in copies:
+        row = next(r for r in known if Path(r["file"]).name == c.name)
+        assert read_gps(io.BytesIO(c.read_bytes())) == pytest.approx(
+            (float(row["lat"]), float(row["lon"])), abs=1e-4)
+
+
+def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
+    res = _tag(str(tmp_path / "nope"))
+    assert res.returncode == 1 and "no such file or folder" in res.stderr
