@@ -1,0 +1,52 @@
+"""Accuracy of every shipped model on the test split, with calibration and open-set figures.
+
+    python -m bench.accuracy --data ../shared/data/landmark_images
+
+Runs train.evaluate on each models/*.pt (the TorchScript files themselves) and writes its
+section of BENCHMARKS.md: top-1, top-3, ECE, the open-set figures at each model's own
+threshold, and per-class accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.report import update_section
+from landmark.data.layout import display_name
+from train.evaluate import evaluate
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--models", nargs="+", type=Path, default=sorted(MODELS.glob("*.pt")))
+    args = p.parse_args()
+    reports = {m.stem: evaluate(m, args.data, None) for m in args.models}
+    lines = ["Test split (536 photos, 19 classes) and the held-out half of `unknown/` (276 "
+             "photos of other places, never used to choose anything).", "",
+             "| model | top-1 | top-3 | ECE | open-set AUROC | known accepted | "
+             "unknown rejected | threshold |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        o = r.get("open_set", {})
+        lines.append(f"| {name} | {r['top1']:.4f} | {r['top3']:.4f} | {r['ece']:.4f} | "
+                     f"{o.get('auroc', float('nan')):.4f} | "
+                     f"{o.get('known_accepted', float('nan')):.3f} | "
+                     f"{o.get('unknown_rejected', float('nan')):.3f} | "
+                     f"{o.get('threshold', float('nan')):.3f} |")
+    names = list(reports)
+    lines += ["", "Per-class test accuracy:", "",
+              "| landmark | photos | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    first = reports[names[0]]["per_class"]
+    for c, v in first.items():
+        accs = " | ".join(f"{reports[n]['per_class'][c]['accuracy']:.3f}" for n in names)
+        lines.append(f"| {display_name(c)} | {v['support']} | {accs} |")
+    update_section("accuracy", "Accuracy of the shipped models", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

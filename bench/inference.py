@@ -1,0 +1,112 @@
+"""Inference speed of shipped models on this machine.
+
+    python -m bench.inference --data ../shared/data/landmark_images [--models scratch transfer]
+
+For each model file: single-photo latency p50/p95 (decode + preprocessing + model, the
+app's path), batch throughput of `python -m landmark.tag` over the test photos, and the
+model alone: TorchScript file vs the same weights in eager PyTorch vs the network's raw
+forward on random tensors at its crop size. Writes its section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.report import update_section
+from landmark.data import scan_split
+from landmark.export import ExportedClassifier, load_exported
+from landmark.models import create_model
+from landmark.models.transfer import BACKBONES
+from landmark.predict import Predictor
+from landmark.presets import Preset
+from landmark.tag import run as tag_run
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def eager_twin(path: Path) -> torch.nn.Module:
+    """The exported network rebuilt in eager PyTorch with the file's own weights."""
+    exp = load_exported(path)
+    meta = exp.metadata
+    kw = {"pretrained": False} if meta["architecture"] in BACKBONES else {}
+    net = create_model(meta["architecture"], len(exp.classes), **kw)
+    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in meta["preset"].items()})
+    eager = ExportedClassifier(net, preset, meta["temperature"], meta["tta_flip"]).eval()
+    eager.load_state_dict(exp.module.state_dict())
+    return eager
+
+
+@torch.no_grad()
+def bench_model(path: Path, photos: list[Path], batch: int) -> dict:
+    pred = Predictor(path)
+    preset = pred.metadata["preset"]
+    crop, size = preset["crop_size"], preset["resize_size"]
+    for p in photos[:3]:
+        pred.tag(p)  # warm-up
+    lat = []
+    for photo in photos[:60]:
+        start = time.perf_counter()
+        pred.tag(photo)
+        lat.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        counts = tag_run(photos, pred, Path(tmp) / "t.jsonl", batch=batch, workers=2)
+        tag_rate = counts["tagged"] / (time.perf_counter() - start)
+    x = torch.rand(batch, 3, size, size)
+    eager = eager_twin(path)
+    rates = {}
+    for name, fn in (("torchscript", lambda: pred.module(x)), ("eager", lambda: eager(x)),
+                     ("raw forward", lambda: eager.net(torch.randn(batch, 3, crop, crop)))):
+        fn()
+        rates[name] = batch / np.median(timed(fn, 5))
+    return {"p50": np.percentile(lat, 50) * 1e3, "p95": np.percentile(lat, 95) * 1e3,
+            "tag": tag_rate, **rates, "flip": pred.metadata.get("tta_flip"),
+            "arch": pred.metadata["architecture"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--models", nargs="+", default=["scratch", "transfer"])
+    p.add_argument("--photos", type=int, default=256, help="test photos for throughput")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args()
+    photos = scan_split(args.data, "test").paths[: args.photos]
+    rows = []
+    for name in args.models:
+        path = Path(name) if name.endswith(".pt") else MODELS / f"{name}.pt"
+        r = bench_model(path, photos, args.batch_size)
+        rows.append(f"| {path.name} | {r['arch']} | {'yes' if r['flip'] else 'no'} | "
+                    f"{r['p50']:.0f} | {r['p95']:.0f} | {r['tag']:.1f} | "
+                    f"{r['torchscript']:.1f} | {r['eager']:.1f} | {r['raw forward']:.1f} | "
+                    f"{r['tag'] / r['torchscript']:.0%} |")
+    body = (f"{len(photos)} test photos; batch {args.batch_size}; photos/s unless noted. "
+            "Latency: one photo through `Predictor.tag` (decode, preprocessing, model). "
+            "Batch tagging: `landmark.tag` with 2 decoding workers. The last three columns are "
+            "the model alone on a batch already in memory (the TorchScript file, its eager twin, "
+            "and the bare network without preprocessing or flip TTA).\n\n"
+            "| model | architecture | flip TTA | latency p50 (ms) | p95 (ms) | batch tagging | "
+            "TorchScript | eager | raw forward | tagging / TorchScript |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    update_section("inference", "Inference speed", body)
+
+
+if __name__ == "__main__":
+    main()
