@@ -1,5 +1,6 @@
 """Transfer learning: real packaged weights, the resnet50 file path, caching, DDP."""
 
+import json
 import os
 import subprocess
 import sys
@@ -119,7 +120,37 @@ def test_ddp_on_two_cpu_processes_with_gloo(tiny_data: Path, tmp_path: Path) -> 
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
-    import json
     report = json.loads((out / "scratch.report.json").read_text())
     assert report["world_size"] == 2
     assert load_exported(out / "scratch.pt").module(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "resnet50"])
+def test_split_backbone_composes_to_the_backbone(name: str) -> None:
+    from landmark.models.transfer import split_backbone
+    model = create_model(name, 3, pretrained=False).eval()
+    x = torch.rand(2, 3, 96, 96)
+    for blocks in (1, 2):
+        trunk, top = split_backbone(model.backbone, blocks)
+        with torch.no_grad():
+            assert torch.allclose(top(trunk(x)), model.backbone(x), atol=1e-5)
+        assert all(any(p is q for q in model.backbone.parameters()) for p in top.parameters())
+
+
+def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
+         "efficientnet_lite0", "--strategy", "partial", "--epochs", "2", "--batch-size", "8",
+         "--feature-views", "2", "--workers", "0", "--output", str(out), "--cache-dir",
+         str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    exported = load_exported(out / "transfer.pt")
+    report = json.loads((out / "transfer.report.json").read_text())
+    assert report["strategy"] == "partial" and report["unfreeze"] == 1
+    # the last stage moved away from the ImageNet weights, the stem did not
+    pretrained = create_model("efficientnet_lite0", 2).backbone.state_dict()
+    tuned = {k.removeprefix("net.backbone."): v for k, v in exported.module.state_dict().items()
+             if k.startswith("net.backbone.")}
+    assert torch.equal(tuned["conv_stem.weight"], pretrained["conv_stem.weight"])
+    assert not torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"])

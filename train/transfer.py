@@ -3,6 +3,9 @@
 Strategies:
   frozen     the backbone is frozen; its features are computed once (several augmented
              views, cached on disk) and only the head trains: seconds per epoch on a CPU.
+  partial    progressive unfreezing on a CPU budget: the trunk's feature maps are cached
+             (several views) and the last --unfreeze stages train with the head, the
+             stages at --backbone-lr-scale x the head's LR.
   finetune   the frozen head is trained first (as above), then the whole network trains on
              augmented photos with the backbone at --backbone-lr-scale x the head's LR.
              Meant for a GPU box: AMP and channels_last are on; multi-GPU with
@@ -32,7 +35,7 @@ from landmark.data.cache import CachedSplit
 from landmark.engine import TrainConfig, Trainer
 from landmark.features import cached_features
 from landmark.models import create_model
-from landmark.models.transfer import BACKBONES, BackboneUnavailable
+from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
 from train.pipeline import add_common_args, fit_images, run
 
 log = logging.getLogger("train")
@@ -49,8 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone from the registry (default %(default)s)")
     p.add_argument("--weights", default=None,
                    help="local checkpoint for the backbone instead of downloaded weights")
-    p.add_argument("--strategy", choices=["frozen", "finetune"], default="frozen",
-                   help="frozen: cached features, head only; finetune: then train all layers")
+    p.add_argument("--strategy", choices=["frozen", "partial", "finetune"], default="frozen",
+                   help="frozen: cached features, head only; partial: cached trunk maps, last "
+                        "--unfreeze stages + head; finetune: head, then all layers")
+    p.add_argument("--unfreeze", type=int, default=1,
+                   help="partial: how many final backbone stages to train (default 1)")
     p.add_argument("--feature-views", type=int, default=4,
                    help="frozen: augmented views per training photo (default %(default)s)")
     add_common_args(p, DEFAULTS, "transfer")
@@ -76,10 +82,34 @@ def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     return trainer.history, info
 
 
+def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
+              cfg: TrainConfig) -> tuple[list[dict], dict]:
+    """Fit the last backbone stages and the head on cached trunk feature maps."""
+    trunk, top = split_backbone(model.backbone, args.unfreeze)
+    cache = None if args.no_cache else args.cache_dir
+    maps = {k: cached_features(trunk, data[k], model.preset,
+                               args.feature_views if k == "train" else 1, cache,
+                               desc=f"{k}-trunk{args.unfreeze}")
+            for k in ("train", "val")}
+    top.requires_grad_(True)
+    trainer = Trainer(TopAndHead(top, model.head), len(data["train"].classes), cfg,
+                      args.output / "partial")
+    trainer.fit(TensorDataset(*maps["train"]), TensorDataset(*maps["val"]), resume=args.resume)
+    trainer.load_best()
+    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
+            "epochs_run": len(trainer.history), "device": str(trainer.device),
+            "strategy": "partial", "unfreeze": args.unfreeze,
+            "feature_views": args.feature_views}
+    return trainer.history, info
+
+
 def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
                  cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
     """Head on frozen features; with --strategy finetune, then every layer end to end."""
     model.backbone.requires_grad_(False)
+    if args.strategy == "partial":
+        history, info = train_top(args, model, data, cfg)
+        return model, history, info
     history, info = train_head(args, model, data, cfg)
     if args.strategy == "frozen":
         return model, history, info
@@ -90,7 +120,7 @@ def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, Cac
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.strategy == "frozen":
+    if args.strategy in ("frozen", "partial"):
         args.precision = "fp32" if args.precision == "auto" else args.precision
     from landmark.data import DatasetError, scan_split
     try:

@@ -174,3 +174,34 @@ def mobilenet_v2(num_classes: int, pretrained: bool = True, weights: str | None 
     preset = Preset(crop_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     interpolation="bilinear", min_scale=0.35)
     return TransferNet(backbone, 1280, num_classes, preset, drop)
+
+
+def split_backbone(backbone: nn.Module, blocks: int = 1) -> tuple[nn.Module, nn.Module]:
+    """(trunk, top) sharing the backbone's modules: top = its last `blocks` stages, the
+    final conv/norm and pooling, so `top(trunk(x)) == backbone(x)`. Training `top` on
+    cached trunk outputs unfreezes the backbone from the top down, cheaply."""
+    if isinstance(backbone, timm.models.efficientnet.EfficientNet):
+        stages = list(backbone.blocks)
+        return (nn.Sequential(backbone.conv_stem, backbone.bn1, *stages[:-blocks]),
+                nn.Sequential(*stages[-blocks:], backbone.conv_head, backbone.bn2,
+                              backbone.global_pool))
+    if isinstance(backbone, timm.models.resnet.ResNet):
+        stages = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+        stem = [backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool]
+        return (nn.Sequential(*stem, *stages[:-blocks]),
+                nn.Sequential(*stages[-blocks:], backbone.global_pool))
+    if isinstance(backbone, nn.Sequential) and isinstance(backbone[0], nn.Sequential):
+        features = backbone[0]  # torchvision MobileNetV2: features, pool, flatten
+        return features[:-(blocks + 1)], nn.Sequential(features[-(blocks + 1):], *backbone[1:])
+    raise ValueError(f"don't know how to split {type(backbone).__name__}")
+
+
+class TopAndHead(nn.Module):
+    """The trainable part in partial fine-tuning: top stages, then the head."""
+
+    def __init__(self, top: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.top, self.head = top, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.top(x))
