@@ -8,9 +8,17 @@ import torch
 from torch import Tensor
 
 
-def tta_probs(logit_views: list[Tensor], temperature: float) -> Tensor:
-    """What the exported model returns: the mean over views of softmax(logits / T)."""
-    return torch.stack([(v / temperature).softmax(1) for v in logit_views]).mean(0)
+def tta_probs(logit_views: list[Tensor], temperature: float,
+              background: float | None = None) -> Tensor:
+    """What the exported model returns: the mean over views of softmax(logits / T), with
+    an implicit background logit b joining each softmax when given (see export)."""
+    out = []
+    for v in logit_views:
+        z = v / temperature
+        if background is not None:
+            z = torch.cat([z, torch.full_like(z[:, :1], background)], 1)
+        out.append(z.softmax(1)[:, : v.shape[1]])
+    return torch.stack(out).mean(0)
 
 
 def fit_temperature(logit_views: list[Tensor], labels: Tensor) -> float:

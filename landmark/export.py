@@ -32,15 +32,29 @@ class ExportError(RuntimeError):
 
 
 class ExportedClassifier(nn.Module):
-    """Wraps a trained network with its preprocessing and turns logits into probabilities."""
+    """Wraps a trained network with its preprocessing and turns logits into probabilities.
+
+    With `background` b, an implicit "none of these" logit joins the softmax and is then
+    dropped: p_i = exp(z_i) / (sum_j exp(z_j) + exp(b)), z = logits / T. The top
+    probability then also falls when every logit is low (an energy score), which
+    separates unknown places better, while the ranking of classes stays the same."""
 
     def __init__(self, net: nn.Module, preset: Preset, temperature: float = 1.0,
-                 flip: bool = False) -> None:
+                 flip: bool = False, background: float | None = None) -> None:
         super().__init__()
         self.pre = EvalPreprocess(preset)
         self.net = net
         self.temperature = float(temperature)
         self.flip = flip
+        self.use_background = background is not None
+        self.background = float(background) if background is not None else 0.0
+
+    def probs(self, logits: Tensor) -> Tensor:
+        z = logits / self.temperature
+        if self.use_background:
+            z = torch.cat([z, torch.full_like(z[:, :1], self.background)], 1)
+            return z.softmax(1)[:, :-1]
+        return z.softmax(1)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -48,9 +62,9 @@ class ExportedClassifier(nn.Module):
         if x.shape[-1] < 32 or x.shape[-2] < 32:
             raise ValueError("images must be at least 32x32 pixels")
         x = self.pre(x.float())
-        probs = (self.net(x) / self.temperature).softmax(1)
+        probs = self.probs(self.net(x))
         if self.flip:
-            probs = 0.5 * (probs + (self.net(x.flip(-1)) / self.temperature).softmax(1))
+            probs = 0.5 * (probs + self.probs(self.net(x.flip(-1))))
         return probs
 
 
@@ -64,18 +78,19 @@ class Exported:
 
 
 def script(net: nn.Module, preset: Preset, temperature: float = 1.0,
-           flip: bool = False) -> torch.jit.ScriptModule:
+           flip: bool = False, background: float | None = None) -> torch.jit.ScriptModule:
     """TorchScript the wrapper: the network is traced at its crop size, the rest scripted."""
     net = net.eval().to("cpu", memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, preset.crop_size, preset.crop_size)
     with torch.no_grad():
         traced = torch.jit.trace(net, example)
-    return torch.jit.script(ExportedClassifier(traced, preset, temperature, flip))
+    return torch.jit.script(ExportedClassifier(traced, preset, temperature, flip, background))
 
 
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
-                 flip: bool = False, atol: float = 1e-4) -> Path:
+                 flip: bool = False, background: float | None = None,
+                 atol: float = 1e-4) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
@@ -83,10 +98,10 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    eager = ExportedClassifier(net.eval().cpu(), preset, temperature, flip).eval()
-    scripted = script(net, preset, temperature, flip)
+    eager = ExportedClassifier(net.eval().cpu(), preset, temperature, flip, background).eval()
+    scripted = script(net, preset, temperature, flip, background)
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
-            "tta_flip": flip, "num_classes": len(classes)}
+            "tta_flip": flip, "background_logit": background, "num_classes": len(classes)}
     extra = {"classes.json": json.dumps(classes), "metadata.json": json.dumps(meta, indent=2)}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.jit.save(scripted, str(tmp), _extra_files=extra)

@@ -39,3 +39,28 @@ def test_auroc_and_threshold() -> None:
     thr = reject_threshold(known, 0.95)
     rep = open_set_report(known, unknown, thr)
     assert rep["known_accepted"] >= 0.95 - 1e-6 and rep["unknown_rejected"] == 1.0
+
+
+def test_background_logit_folds_energy_into_the_top_probability() -> None:
+    known = torch.tensor([[8.0, 0.0, 0.0], [0.0, 7.0, 0.0]])
+    unknown = torch.tensor([[1.0, 0.0, 0.0]])  # one clear winner, but every logit is low
+    plain = tta_probs([torch.cat([known, unknown])], 1.0)
+    folded = tta_probs([torch.cat([known, unknown])], 1.0, background=3.0)
+    assert torch.equal(plain.argmax(1), folded.argmax(1))  # ranking unchanged
+    assert folded[2].max() < 0.2 < 0.5 < plain[2].max()  # low energy now looks unsure
+    assert folded[0].max() > 0.99
+
+
+def test_choose_background_only_when_it_helps() -> None:
+    from train.assess import choose_background
+    gen = torch.Generator().manual_seed(0)
+
+    def sample() -> torch.Tensor:
+        x = torch.randn(300, 5, generator=gen)
+        x[torch.arange(300), torch.randint(0, 5, (300,), generator=gen)] += 4
+        return x
+
+    known = sample()
+    shifted = sample() - 6  # same gaps, so softmax cannot tell; all logits low (energy can)
+    assert choose_background([known], [shifted], 1.0) is not None
+    assert choose_background([known], [known.clone()], 1.0) is None  # nothing to gain

@@ -115,8 +115,8 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     report = json.loads((out / "scratch.report.json").read_text())
     assert report["open_set"]["shipped"]["n_unknown"] == 3  # the held-out half
     assert report["open_set"]["tune"]["n_unknown"] == 3
-    assert set(report["open_set"]["auroc_by_score"]) == {"max_probability", "max_logit",
-                                                         "energy"}
+    assert set(report["open_set"]["auroc_by_score"]) == {
+        "max_probability", "shipped (with background logit)", "max_logit", "energy"}
     # the file, evaluated on its own, reproduces the training-time figures
     ev = subprocess.run([sys.executable, "-m", "train.evaluate", str(out / "scratch.pt"),
                          "--data", str(tiny_data), "--out", str(tmp_path / "ev")],

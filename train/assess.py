@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from landmark.calibration import (
+    auroc,
     expected_calibration_error,
     fit_temperature,
     open_set_report,
@@ -43,6 +44,24 @@ def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[
     return sorted(order[::2].tolist()), sorted(order[1::2].tolist())
 
 
+def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: float,
+                      min_gain: float = 0.002) -> float | None:
+    """The background logit b maximising known-vs-unknown AUROC of the top probability
+    (validation photos vs the tuning half of unknown/); None (plain softmax) unless some
+    b beats it by `min_gain`."""
+    def score(b: float | None) -> float:
+        return auroc(tta_probs(known, temperature, b).max(1).values,
+                     tta_probs(unknown, temperature, b).max(1).values)
+
+    energy = torch.logsumexp(torch.cat([*known, *unknown]) / temperature, 1)
+    grid = torch.quantile(energy, torch.linspace(0.0, 1.0, 41)).tolist()
+    best = max(grid, key=score)
+    base, folded = score(None), score(best)
+    log.info("open-set AUROC on tuning photos: max-probability %.4f, with background logit "
+             "%.2f %.4f", base, best, folded)
+    return round(best, 4) if folded > base + min_gain else None
+
+
 def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
            calibrate: bool, accept_known: float) -> tuple[dict, dict]:
     """Choose flip, temperature and threshold without the test split; report every split.
@@ -57,9 +76,14 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
              accs[False], accs[True], "on" if flip else "off")
     used = {k: v[:1 + flip] for k, v in views.items()}
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
-    probs = {k: tta_probs(v, temperature) for k, v in used.items()}
+    background = None
+    if "unknown" in data:
+        background = choose_background(used["val"], [v[split_unknown(data["unknown"])[0]]
+                                                     for v in used["unknown"]], temperature)
+    probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
     raw = {k: tta_probs(v, 1.0) for k, v in used.items()}
-    report: dict = {"flip_tta": flip, "temperature": temperature}
+    report: dict = {"flip_tta": flip, "temperature": temperature,
+                    "background_logit": background}
     for k in ("val", "test"):
         if k in data:
             report[k] = classification_report(probs[k], data[k].labels, data[k].classes)
@@ -70,7 +94,8 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     threshold = reject_threshold(probs["val"].max(1).values, accept_known)
     if "unknown" in data:
         threshold = _open_set(report, data, used, probs, temperature, accept_known)
-    settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold}
+    settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
+                "background": background}
     return report, settings
 
 
@@ -81,7 +106,8 @@ def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[
     threshold = reject_threshold(probs["val"].max(1).values, accept_known)
     known = "test" if "test" in data else "val"
     scores = {
-        "max_probability": lambda k: probs[k].max(1).values,
+        "max_probability": lambda k: tta_probs(views[k], temperature).max(1).values,
+        "shipped (with background logit)": lambda k: probs[k].max(1).values,
         "max_logit": lambda k: torch.stack(views[k]).mean(0).max(1).values,
         "energy": lambda k: torch.logsumexp(torch.stack(views[k]).mean(0) / temperature, 1),
     }

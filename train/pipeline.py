@@ -135,7 +135,8 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
     samples.append(torch.rand(3, 300, 200))
     export_model(net, preset, data["train"].classes, metadata, export, samples,
-                 temperature=settings["temperature"], flip=settings["flip"])
+                 temperature=settings["temperature"], flip=settings["flip"],
+                 background=settings["background"])
     write_report(report, history, data["train"].classes, export)
     if args.push_to_hub:
         from landmark.hub import HubError, push
