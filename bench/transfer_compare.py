@@ -26,7 +26,8 @@ def main() -> None:
     p.add_argument("--views", nargs="+", type=int, default=[1, 4])
     p.add_argument("--out", type=Path, default=Path("bench/results/transfer_compare.md"))
     args = p.parse_args()
-    rows = []
+    store = args.out.with_suffix(".json")
+    results = json.loads(store.read_text()) if store.exists() else {}
     for name in args.models:
         for views in args.views:
             run_dir = Path("runs/bench_transfer") / f"{name}-v{views}"
@@ -34,14 +35,18 @@ def main() -> None:
             transfer.main(["--data", str(args.data), "--model", name, "--feature-views",
                            str(views), "--tta", "off", "--output", str(run_dir)])
             report = json.loads((run_dir / "transfer.report.json").read_text())
-            rows.append((name, views, time.time() - start, report["val"]["top1"]))
-            print(f"{name} views={views}: val top-1 {rows[-1][3]:.3f}", flush=True)
+            results[f"{name}|{views}"] = {"seconds": time.time() - start, "n": report["val"]["n"],
+                                          "val_top1": report["val"]["top1"]}
+            store.write_text(json.dumps(results, indent=2))  # merged across invocations
+            print(f"{name} views={views}: val top-1 {report['val']['top1']:.3f}", flush=True)
+    rows = [(*k.split("|"), v["seconds"], v["val_top1"]) for k, v in results.items()]
     lines = ["Frozen backbone + linear head on cached features; validation split (10% of "
-             f"train, {report['val']['n']} photos). `python -m bench.transfer_compare --data "
-             f"{args.data}`", "",
+             f"train, {next(iter(results.values()))['n']} photos). "
+             f"`python -m bench.transfer_compare --data {args.data} [--models ...] [--views ...]`",
+             "",
              "| backbone | feature views | wall time (s, 2 cores, incl. extraction) | "
              "val top-1 |", "|---|---|---|---|"]
-    lines += [f"| {n} | {v} | {s:.0f} | {a:.3f} |" for n, v, s, a in rows]
+    lines += [f"| {n} | {v} | {s:.0f} | {a:.3f} |" for n, v, s, a in sorted(rows)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -160,10 +160,14 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                                    train_transform(preset)),
                 TensorImageDataset(data["val"].images, data["val"].labels,
                                    eval_transform(preset)), resume=args.resume)
-    info = {"rank": trainer.rank, "world_size": trainer.world,
+    return trainer.load_best(), trainer.history, run_info(trainer)
+
+
+def run_info(trainer: Trainer, **extra: object) -> dict:
+    """What the report records about a finished Trainer."""
+    return {"rank": trainer.rank, "world_size": trainer.world,
             "best_epoch": trainer.best["epoch"], "epochs_run": len(trainer.history),
-            "device": str(trainer.device)}
-    return trainer.load_best(), trainer.history, info
+            "device": str(trainer.device), **extra}
 
 
 def write_report(report: dict, history: list[dict], classes: list[str], export: Path) -> None:

@@ -36,7 +36,7 @@ from landmark.engine import TrainConfig, Trainer
 from landmark.features import cached_features
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
-from train.pipeline import add_common_args, fit_images, run
+from train.pipeline import add_common_args, fit_images, run, run_info
 
 log = logging.getLogger("train")
 DEFAULTS = TrainConfig(epochs=30, batch_size=32, lr=1e-3, backbone_lr_scale=0.1,
@@ -76,10 +76,8 @@ def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     trainer.fit(TensorDataset(*feats["train"]), TensorDataset(*feats["val"]),
                 resume=args.resume)
     trainer.load_best()
-    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
-            "epochs_run": len(trainer.history), "device": str(trainer.device),
-            "strategy": args.strategy, "feature_views": args.feature_views}
-    return trainer.history, info
+    return trainer.history, run_info(trainer, strategy=args.strategy,
+                                     feature_views=args.feature_views)
 
 
 def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
@@ -96,11 +94,8 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
                       args.output / "partial")
     trainer.fit(TensorDataset(*maps["train"]), TensorDataset(*maps["val"]), resume=args.resume)
     trainer.load_best()
-    info = {"rank": trainer.rank, "best_epoch": trainer.best["epoch"],
-            "epochs_run": len(trainer.history), "device": str(trainer.device),
-            "strategy": "partial", "unfreeze": args.unfreeze,
-            "feature_views": args.feature_views}
-    return trainer.history, info
+    return trainer.history, run_info(trainer, strategy="partial", unfreeze=args.unfreeze,
+                                     feature_views=args.feature_views)
 
 
 def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
