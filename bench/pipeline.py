@@ -10,13 +10,13 @@ The ratio says whether decoding/augmenting is the bottleneck; the goal is >= 90%
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from bench.report import update_section
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
 from landmark.engine import TrainConfig, Trainer, warmup_cosine
@@ -55,11 +55,14 @@ def main() -> None:
     time_epoch(trainer, loaders["random tensors"])  # warm-up: allocator, oneDNN kernels
     rates = {k: time_epoch(trainer, dl) for k, dl in loaders.items()}
     ratio = rates["pipeline"] / rates["random tensors"]
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, precision {trainer.dtype}")
-    for k, v in rates.items():
-        print(f"{k:>15}: {v:7.1f} img/s")
-    print(f"pipeline / raw train step: {ratio:.1%}  (goal >= 90%)")
+    body = (f"Model `{args.model}` ({model.preset.crop_size} px crops), batch {cfg.batch_size}, "
+            f"{args.batches} batches, precision {trainer.dtype}, {torch.get_num_threads()} "
+            f"threads, {args.workers} DataLoader worker(s). Both rows run Trainer's own epoch "
+            "code; the pipeline row feeds cached photos through RandAugment etc.\n\n"
+            "| input | train images/s |\n|---|---|\n"
+            + "".join(f"| {k} | {v:.1f} |\n" for k, v in rates.items())
+            + f"\nPipeline / raw train step: **{ratio:.1%}** (goal >= 90%).")
+    update_section("pipeline", "Training input pipeline", body)
 
 
 if __name__ == "__main__":
