@@ -25,17 +25,17 @@ log = logging.getLogger("train")
 
 
 @torch.no_grad()
-def logit_views(net: nn.Module, preset: Preset, data: CachedSplit, batch: int = 128,
-                ) -> list[Tensor]:
-    """[logits of the eval crop, logits of its mirror image] for every cached photo."""
+def logit_views(net: nn.Module, preset: Preset, data: CachedSplit, flip: bool = True,
+                batch: int = 128) -> list[Tensor]:
+    """[logits of the eval crop(, logits of its mirror image)] for every cached photo."""
     net.eval()
     pre = EvalPreprocess(preset)
-    plain, flipped = [], []
+    views: list[list[Tensor]] = [[], []] if flip else [[]]
     for i in range(0, len(data.paths), batch):
         x = pre(data.images[i:i + batch].float() / 255.0)
-        plain.append(net(x).float())
-        flipped.append(net(x.flip(-1)).float())
-    return [torch.cat(plain), torch.cat(flipped)] if plain else [torch.empty(0), torch.empty(0)]
+        for v, out in enumerate(views):
+            out.append(net(x.flip(-1) if v else x).float())
+    return [torch.cat(v) if v else torch.empty(0) for v in views]
 
 
 def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -67,13 +67,16 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     """Choose flip, temperature and threshold without the test split; report every split.
 
     Returns (report, export settings {flip, temperature, reject_threshold})."""
-    views = {k: logit_views(net, preset, d) for k, d in data.items() if k != "train"}
+    views = {k: logit_views(net, preset, d, flip=tta != "off")
+             for k, d in data.items() if k != "train"}
     val_labels = data["val"].labels
-    accs = {f: (tta_probs(views["val"][:1 + f], 1.0).argmax(1) == val_labels).float().mean()
-            for f in (False, True)}
-    flip = tta == "on" or (tta == "auto" and bool(accs[True] > accs[False]))
-    log.info("validation top-1 without/with flip TTA: %.4f / %.4f -> flip %s",
-             accs[False], accs[True], "on" if flip else "off")
+    flip = tta == "on"
+    if tta == "auto":
+        accs = [(tta_probs(views["val"][:n], 1.0).argmax(1) == val_labels).float().mean()
+                for n in (1, 2)]
+        flip = bool(accs[1] > accs[0])
+        log.info("validation top-1 without/with flip TTA: %.4f / %.4f -> flip %s",
+                 accs[0], accs[1], "on" if flip else "off")
     used = {k: v[:1 + flip] for k, v in views.items()}
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
     background = None
