@@ -93,7 +93,8 @@ def main() -> None:
     for name in args.models:
         path = Path(name) if name.endswith(".pt") else MODELS / f"{name}.pt"
         r = bench_model(path, photos, args.batch_size)
-        rows.append(f"| {path.name} | {r['arch']} | {'yes' if r['flip'] else 'no'} | "
+        label = path.name if path.parent == MODELS else f"{path.parent.name}/{path.name}"
+        rows.append(f"| {label} | {r['arch']} | {'yes' if r['flip'] else 'no'} | "
                     f"{r['p50']:.0f} | {r['p95']:.0f} | {r['tag']:.1f} | "
                     f"{r['torchscript']:.1f} | {r['eager']:.1f} | {r['raw forward']:.1f} | "
                     f"{r['tag'] / r['torchscript']:.0%} |")

@@ -61,6 +61,11 @@ def test_choose_background_only_when_it_helps() -> None:
         return x
 
     known = sample()
+    labels = known.argmax(1)  # a model right on every photo, confident
     shifted = sample() - 6  # same gaps, so softmax cannot tell; all logits low (energy can)
-    assert choose_background([known], [shifted], 1.0) is not None
-    assert choose_background([known], [known.clone()], 1.0) is None  # nothing to gain
+    b = choose_background([known], [shifted], 1.0, labels)
+    assert b is not None
+    folded, plain = tta_probs([known], 1.0, b), tta_probs([known], 1.0)
+    assert expected_calibration_error(folded, labels) <= expected_calibration_error(
+        plain, labels) + 0.02  # confidences still mean what they say
+    assert choose_background([known], [known.clone()], 1.0, labels) is None  # nothing to gain

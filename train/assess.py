@@ -45,16 +45,25 @@ def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[
 
 
 def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: float,
-                      min_gain: float = 0.002) -> float | None:
+                      labels: Tensor, min_gain: float = 0.002,
+                      max_ece_increase: float = 0.02) -> float | None:
     """The background logit b maximising known-vs-unknown AUROC of the top probability
-    (validation photos vs the tuning half of unknown/); None (plain softmax) unless some
-    b beats it by `min_gain`."""
+    (validation photos vs the tuning half of unknown/) among those that keep validation
+    ECE within `max_ece_increase` of plain softmax, so confidences still mean what they
+    say; None (plain softmax) unless some b beats it by `min_gain`."""
     def score(b: float | None) -> float:
         return auroc(tta_probs(known, temperature, b).max(1).values,
                      tta_probs(unknown, temperature, b).max(1).values)
 
+    def ece(b: float | None) -> float:
+        return expected_calibration_error(tta_probs(known, temperature, b), labels)
+
     energy = torch.logsumexp(torch.cat([*known, *unknown]) / temperature, 1)
-    grid = torch.quantile(energy, torch.linspace(0.0, 1.0, 41)).tolist()
+    limit = ece(None) + max_ece_increase
+    grid = [b for b in torch.quantile(energy, torch.linspace(0.0, 1.0, 41)).tolist()
+            if ece(b) <= limit]
+    if not grid:
+        return None
     best = max(grid, key=score)
     base, folded = score(None), score(best)
     log.info("open-set AUROC on tuning photos: max-probability %.4f, with background logit "
@@ -81,8 +90,9 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
     background = None
     if "unknown" in data:
-        background = choose_background(used["val"], [v[split_unknown(data["unknown"])[0]]
-                                                     for v in used["unknown"]], temperature)
+        tune = split_unknown(data["unknown"])[0]
+        background = choose_background(used["val"], [v[tune] for v in used["unknown"]],
+                                       temperature, val_labels)
     probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
     raw = {k: tta_probs(v, 1.0) for k, v in used.items()}
     report: dict = {"flip_tta": flip, "temperature": temperature,
