@@ -1,0 +1,43 @@
+"""Torch datasets over cached splits, and the seeded stratified validation split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from landmark.data.layout import Split
+
+
+def stratified_split(split: Split, val_fraction: float, seed: int = 0) -> tuple[Split, Split]:
+    """Carve a validation split out of `split`, the same share of every class, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in range(len(split.classes)):
+        idx = [i for i, y in enumerate(split.labels) if y == c]
+        order = torch.randperm(len(idx), generator=gen).tolist()
+        n_val = round(len(idx) * val_fraction) if len(idx) > 1 else 0
+        val_idx += [idx[i] for i in order[:n_val]]
+        train_idx += [idx[i] for i in order[n_val:]]
+
+    def pick(ids: Sequence[int]) -> Split:
+        ids = sorted(ids)
+        return Split([split.paths[i] for i in ids], [split.labels[i] for i in ids], split.classes)
+
+    return pick(train_idx), pick(val_idx)
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images in memory, transformed on the fly: (transform(img), label)."""
+
+    def __init__(self, images: Tensor, labels: Tensor,
+                 transform: Callable[[Tensor], Tensor]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.images[i]), self.labels[i]

@@ -1,0 +1,53 @@
+"""The Udacity landmark layout: ROOT/{train,test}/NN.Class_Name/*.jpg."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic",
+                  ".heif"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder that is missing, empty or not in the expected layout."""
+
+
+def display_name(folder: str) -> str:
+    """'05.Golden_Gate_Bridge' -> 'Golden Gate Bridge'."""
+    return re.sub(r"^\d+\.", "", folder).replace("_", " ").strip()
+
+
+@dataclass(frozen=True)
+class Split:
+    """The photos of one split: paths, integer labels and the class folder names."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below `folder`, sorted, recursing into sub-folders."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def scan_split(root: str | Path, split: str, classes: list[str] | None = None) -> Split:
+    """Read ROOT/split/<class>/* ; with `classes`, use that class order (e.g. train's)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder not found: {folder} (expected ROOT/{split}/NN.Class/)")
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    classes = classes or found
+    unknown = set(found) - set(classes)
+    if unknown:
+        raise DatasetError(f"{folder}: class folders not in training classes: {sorted(unknown)}")
+    paths, labels = [], []
+    for idx, name in enumerate(classes):
+        for p in list_images(folder / name) if (folder / name).is_dir() else []:
+            paths.append(p)
+            labels.append(idx)
+    if not paths:
+        raise DatasetError(f"no images found in {folder} (expected {folder}/NN.Class_Name/*.jpg)")
+    return Split(paths, labels, list(classes))
