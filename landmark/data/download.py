@@ -6,7 +6,6 @@ import hashlib
 import http.client
 import logging
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -56,8 +55,8 @@ def download_file(url: str, dest: Path, retries: int = 5, timeout: float = 30.0)
             if _fetch(url, part, timeout):
                 part.replace(dest)
                 return dest
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                socket.timeout) as e:
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException,
+                ConnectionError) as e:
             if isinstance(e, urllib.error.HTTPError):
                 raise
             log.warning("connection lost (%s); resuming, attempt %d/%d", e, attempt, retries)
