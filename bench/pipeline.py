@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from bench.report import update_section
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
-from landmark.engine import TrainConfig, Trainer, warmup_cosine
+from landmark.engine import TrainConfig, Trainer, resolve_workers, warmup_cosine
 from landmark.models import create_model
 from landmark.presets import train_transform
 
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--model", default="landmark_resnet")
     p.add_argument("--batches", type=int, default=15)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: auto)")
     args = p.parse_args()
     model = create_model(args.model, 19)
     cfg = TrainConfig(batch_size=64, workers=args.workers)
@@ -57,8 +57,9 @@ def main() -> None:
     ratio = rates["pipeline"] / rates["random tensors"]
     body = (f"Model `{args.model}` ({model.preset.crop_size} px crops), batch {cfg.batch_size}, "
             f"{args.batches} batches, precision {trainer.dtype}, {torch.get_num_threads()} "
-            f"threads, {args.workers} DataLoader worker(s). Both rows run Trainer's own epoch "
-            "code; the pipeline row feeds cached photos through RandAugment etc.\n\n"
+            f"threads, {resolve_workers(args.workers, trainer.device)} DataLoader worker(s). "
+            "Both rows run Trainer's own epoch code; the pipeline row feeds cached photos "
+            "through RandAugment etc.\n\n"
             "| input | train images/s |\n|---|---|\n"
             + "".join(f"| {k} | {v:.1f} |\n" for k, v in rates.items())
             + f"\nPipeline / raw train step: **{ratio:.1%}** (goal >= 90%).")

@@ -126,3 +126,13 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert evaluated["top1"] == pytest.approx(report["test"]["top1"], abs=1e-6)
     assert evaluated["open_set"]["known_accepted"] == pytest.approx(
         report["open_set"]["shipped"]["known_accepted"], abs=1e-6)
+
+
+def test_auto_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from landmark.engine import resolve_workers
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_workers(-1, cpu) == 0  # a worker would only compete for the 2 cores
+    assert resolve_workers(3, cpu) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_workers(-1, cpu) == 8 and resolve_workers(-1, gpu) == 8
