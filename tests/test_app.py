@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,29 +31,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url() -> Iterator[str]:
+@contextmanager
+def running_app(**env: str) -> Iterator[str]:
+    """`python app.py` on a free port with extra environment; yields its URL once it serves."""
     port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO,
+                            env={**os.environ, "GRADIO_SERVER_PORT": str(port),
+                                 "GRADIO_ANALYTICS_ENABLED": "False", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"app exited: {proc.stdout.read()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app did not start within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"app exited: {proc.stdout.read()[-3000:]}")
+                if time.time() > deadline:
+                    pytest.fail("app did not start within 120 s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    with running_app(HF_HUB_OFFLINE="1") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -180,25 +189,10 @@ def test_app_serves_models_pulled_from_the_hub(tiny_model: Path, tmp_path: Path)
     from tests.hub_server import FakeHub
     with FakeHub() as srv:
         hub.push(tiny_model, "me/landmark-scratch", endpoint=srv.url)
-        port = _free_port()
-        env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_ENDPOINT": srv.url,
-               "LANDMARK_HUB_REPO": "me/landmark-scratch", "HF_HOME": str(tmp_path / "hf")}
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(url, timeout=2)
-                    break
-                except OSError:
-                    assert proc.poll() is None, proc.stdout.read()[-3000:]
-                    time.sleep(0.5)
+        with running_app(HF_ENDPOINT=srv.url, LANDMARK_HUB_REPO="me/landmark-scratch",
+                         HF_HOME=str(tmp_path / "hf")) as url:
             result = Client(url, verbose=False).predict(
                 handle_file(str(EXAMPLES / "eiffel_tower.jpg")), "scratch", 3, api_name="/tag")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     # the tiny Hub model knows two classes; the bundled scratch model knows 19
     assert {p["class"] for p in result["predictions"]} == {"03.Eiffel_Tower",
                                                            "11.Niagara_Falls"}

@@ -90,7 +90,7 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
     background = None
     if "unknown" in data:
-        tune = split_unknown(data["unknown"])[0]
+        tune, hold = split_unknown(data["unknown"])
         background = choose_background(used["val"], [v[tune] for v in used["unknown"]],
                                        temperature, val_labels)
     probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
@@ -106,17 +106,16 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
             report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
     threshold = reject_threshold(probs["val"].max(1).values, accept_known)
     if "unknown" in data:
-        threshold = _open_set(report, data, used, probs, temperature, accept_known)
+        _open_set(report, data, used, probs, temperature, threshold, accept_known, tune, hold)
     settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
                 "background": background}
     return report, settings
 
 
 def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[Tensor]],
-              probs: dict[str, Tensor], temperature: float, accept_known: float) -> float:
-    """Threshold on val + unknown-tune; compare scores on test + unknown-holdout."""
-    tune, hold = split_unknown(data["unknown"])
-    threshold = reject_threshold(probs["val"].max(1).values, accept_known)
+              probs: dict[str, Tensor], temperature: float, threshold: float,
+              accept_known: float, tune: list[int], hold: list[int]) -> None:
+    """Record the threshold on val + unknown-tune and every score on test + unknown-hold."""
     known = "test" if "test" in data else "val"
     scores = {
         "max_probability": lambda k: tta_probs(views[k], temperature).max(1).values,
@@ -139,4 +138,3 @@ def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[
     log.info("open set on %s: AUROC %.3f, known accepted %.3f, unknown rejected %.3f "
              "(threshold %.3f)", report["open_set"]["report_on"], shipped["auroc"],
              shipped["known_accepted"], shipped["unknown_rejected"], threshold)
-    return threshold

@@ -68,10 +68,8 @@ def download_file(url: str, dest: Path, retries: int = 5, timeout: float = 30.0)
 def verify_zip(path: Path, sha256: str | None = None) -> None:
     """Check the archive's checksum (if given) and every member's CRC."""
     if sha256:
-        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+            digest = hashlib.file_digest(f, "sha256")
         if digest.hexdigest() != sha256:
             raise DownloadError(f"{path}: SHA-256 mismatch")
     try:

