@@ -2,7 +2,8 @@
 
     python -m bench.scratch_arch --data ../shared/data/landmark_images --epochs 15
 
-Each candidate is trained with train.scratch's defaults for the same number of epochs;
+Each candidate is trained with train.scratch's defaults for the same number of epochs
+(at 128 px, without MixUp/CutMix: the setting this comparison was run in);
 the table (params, seconds/epoch, best validation top-1) goes to stdout and to
 bench/results/scratch_arch.md. The test split is never looked at here.
 """
@@ -32,7 +33,9 @@ def main() -> None:
         run_dir = Path("runs/bench_arch") / name
         start = time.time()
         scratch.main(["--data", str(args.data), "--model", name, "--epochs", str(args.epochs),
-                      "--warmup-epochs", "2", "--tta", "off", "--output", str(run_dir)])
+                      "--warmup-epochs", "2", "--tta", "off",
+                      "--crop-size", "128", "--mixup", "0", "--cutmix", "0",
+                      "--output", str(run_dir)])
         history = json.loads((run_dir / "scratch.report.json").read_text())
         params = sum(t.numel() for t in create_model(name, 19).parameters())
         rows.append((name, params / 1e6, (time.time() - start) / args.epochs,

@@ -38,13 +38,15 @@ def extract(backbone: nn.Module, data: CachedSplit, preset: Preset, view: int = 
             batch: int = 64, seed: int = 0, desc: str = "features") -> Tensor:
     """Pooled backbone features (N, F) of one view of every photo (see `_view`)."""
     backbone.eval()
+    device = next(backbone.parameters()).device
     rng = torch.get_rng_state()
     torch.manual_seed(seed + view)
     transform = _view(data, preset, view, seed)
     feats = []
     for i in tqdm(range(0, len(data.labels), batch), desc=f"{desc} view {view}", unit="batch"):
         x = torch.stack([transform(img) for img in data.images[i:i + batch]])
-        feats.append(backbone(x.contiguous(memory_format=torch.channels_last)).float())
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        feats.append(backbone(x).float().cpu())
     torch.set_rng_state(rng)
     return torch.cat(feats)
 

@@ -115,8 +115,10 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     report = json.loads((out / "scratch.report.json").read_text())
     assert report["open_set"]["shipped"]["n_unknown"] == 3  # the held-out half
     assert report["open_set"]["tune"]["n_unknown"] == 3
-    assert set(report["open_set"]["auroc_by_score"]) == {
-        "max_probability", "shipped (with background logit)", "max_logit", "energy"}
+    scores = {"max_probability", "shipped (with background logit)", "max_logit", "energy",
+              "prototype_cosine", "nearest_photo_cosine"}
+    assert set(report["open_set"]["auroc_by_score"]) == scores
+    assert set(report["open_set"]["auroc_by_score_tune"]) == scores
     # the file, evaluated on its own, reproduces the training-time figures
     ev = subprocess.run([sys.executable, "-m", "train.evaluate", str(out / "scratch.pt"),
                          "--data", str(tiny_data), "--out", str(tmp_path / "ev")],
@@ -126,6 +128,46 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert evaluated["top1"] == pytest.approx(report["test"]["top1"], abs=1e-6)
     assert evaluated["open_set"]["known_accepted"] == pytest.approx(
         report["open_set"]["shipped"]["known_accepted"], abs=1e-6)
+    # a run folder exported again (as after training on a GPU box) gives the same model
+    # and keeps the training command
+    again = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--export-only",
+                 "--export", str(tmp_path / "again.pt"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "epoch 1" not in again.stderr  # nothing was trained
+    first, second = load_exported(out / "scratch.pt"), load_exported(tmp_path / "again.pt")
+    x = torch.rand(2, 3, 50, 40)
+    assert torch.allclose(first.module(x), second.module(x), atol=1e-6)
+    assert second.metadata["command"] == meta["command"]
+    assert "--export-only" in second.metadata["export_command"]
+    assert second.metadata["training"]["train_seconds"] == report["train_seconds"]
+
+
+def test_export_only_without_a_run_is_one_clear_line(tiny_data: Path, tmp_path: Path) -> None:
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output",
+               str(tmp_path / "none"), "--cache-dir", str(tmp_path / "cache"), "--export-only")
+    assert res.returncode != 0
+    assert "--export-only needs" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_logit_views_capture_the_features_the_head_sees(tiny_data: Path,
+                                                       cache_dir: Path) -> None:
+    from train.assess import logit_views
+    model = create_model("tiny_cnn", 2)
+    data = _data(tiny_data, cache_dir, model.preset.resize_size)
+    (plain, mirror), feats = logit_views(model, model.preset, data, flip=True)
+    assert feats.shape == (len(data.labels), model.head[-1].in_features)
+    assert torch.allclose(model.head[-1](feats), plain, atol=1e-5)
+    assert not torch.allclose(plain, mirror)
+
+
+def test_feature_scores_rank_familiar_photos_above_strange_ones() -> None:
+    from train.assess import feature_scores
+    train = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0], [0.1, 0.9, 0]])
+    scores = feature_scores(train, torch.tensor([0, 0, 1, 1]),
+                            torch.tensor([[2.0, 0, 0], [0, 0, 1.0]]))
+    assert scores["nearest_photo_cosine"].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert scores["prototype_cosine"][0] > 0.99 and abs(scores["prototype_cosine"][1]) < 1e-6
 
 
 def test_auto_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landmark.calibration import (
@@ -26,16 +27,35 @@ log = logging.getLogger("train")
 
 @torch.no_grad()
 def logit_views(net: nn.Module, preset: Preset, data: CachedSplit, flip: bool = True,
-                batch: int = 128) -> list[Tensor]:
-    """[logits of the eval crop(, logits of its mirror image)] for every cached photo."""
+                batch: int = 128) -> tuple[list[Tensor], Tensor]:
+    """([logits of the eval crop(, of its mirror image)], penultimate features of the eval
+    crop: the input of the network's last Linear layer) for every cached photo."""
     net.eval()
     pre = EvalPreprocess(preset)
     views: list[list[Tensor]] = [[], []] if flip else [[]]
+    feats: list[Tensor] = []
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1:]
+    hooks = [m.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].float()))
+             for m in last]
     for i in range(0, len(data.paths), batch):
         x = pre(data.images[i:i + batch].float() / 255.0)
         for v, out in enumerate(views):
             out.append(net(x.flip(-1) if v else x).float())
-    return [torch.cat(v) if v else torch.empty(0) for v in views]
+    for h in hooks:
+        h.remove()
+    feats = feats[::len(views)]  # the eval crop's, not the mirror's
+    return ([torch.cat(v) if v else torch.empty(0) for v in views],
+            torch.cat(feats) if feats else torch.empty(0))
+
+
+def feature_scores(train: Tensor, labels: Tensor, feats: Tensor) -> dict[str, Tensor]:
+    """Feature-space familiarity: cosine to the nearest class prototype (mean training
+    feature) and to the nearest training photo."""
+    train, feats = F.normalize(train, dim=1), F.normalize(feats, dim=1)
+    protos = F.normalize(torch.stack([train[labels == c].mean(0)
+                                      for c in labels.unique()]), dim=1)
+    return {"prototype_cosine": (feats @ protos.T).max(1).values,
+            "nearest_photo_cosine": (feats @ train.T).max(1).values}
 
 
 def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -76,8 +96,10 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     """Choose flip, temperature and threshold without the test split; report every split.
 
     Returns (report, export settings {flip, temperature, reject_threshold})."""
-    views = {k: logit_views(net, preset, d, flip=tta != "off")
-             for k, d in data.items() if k != "train"}
+    out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
+           for k, d in data.items()}
+    views = {k: v for k, (v, _) in out.items() if k != "train"}
+    feats = {k: f for k, (_, f) in out.items()}
     val_labels = data["val"].labels
     flip = tta == "on"
     if tta == "auto":
@@ -106,7 +128,8 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
             report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
     threshold = reject_threshold(probs["val"].max(1).values, accept_known)
     if "unknown" in data:
-        _open_set(report, data, used, probs, temperature, threshold, accept_known, tune, hold)
+        _open_set(report, data, used, probs, temperature, threshold, accept_known, tune, hold,
+                  feats)
     settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
                 "background": background}
     return report, settings
@@ -114,14 +137,20 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
 
 def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[Tensor]],
               probs: dict[str, Tensor], temperature: float, threshold: float,
-              accept_known: float, tune: list[int], hold: list[int]) -> None:
-    """Record the threshold on val + unknown-tune and every score on test + unknown-hold."""
+              accept_known: float, tune: list[int], hold: list[int],
+              feats: dict[str, Tensor]) -> None:
+    """Record the threshold on val + unknown-tune, and every score's AUROC on tuning
+    photos (where the shipped score is chosen) and on test + unknown-hold."""
     known = "test" if "test" in data else "val"
+    by_feature = {k: feature_scores(feats["train"], data["train"].labels, feats[k])
+                  for k in {known, "val", "unknown"}} if feats["train"].numel() else {}
     scores = {
         "max_probability": lambda k: tta_probs(views[k], temperature).max(1).values,
         "shipped (with background logit)": lambda k: probs[k].max(1).values,
         "max_logit": lambda k: torch.stack(views[k]).mean(0).max(1).values,
         "energy": lambda k: torch.logsumexp(torch.stack(views[k]).mean(0) / temperature, 1),
+        **{name: (lambda k, name=name: by_feature[k][name])
+           for name in ("prototype_cosine", "nearest_photo_cosine") if by_feature},
     }
     report["open_set"] = {
         "rule": f"accept when top probability >= threshold; threshold keeps "
@@ -131,8 +160,10 @@ def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[
         "report_on": f"{known} split + held-out half of unknown/",
         "shipped": open_set_report(probs[known].max(1).values,
                                    probs["unknown"][hold].max(1).values, threshold),
-        "auroc_by_score": {name: open_set_report(f(known), f("unknown")[hold], 0.0)["auroc"]
+        "auroc_by_score": {name: auroc(f(known), f("unknown")[hold])
                            for name, f in scores.items()},
+        "auroc_by_score_tune": {name: auroc(f("val"), f("unknown")[tune])
+                                for name, f in scores.items()},
     }
     shipped = report["open_set"]["shipped"]
     log.info("open set on %s: AUROC %.3f, known accepted %.3f, unknown rejected %.3f "

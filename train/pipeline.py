@@ -7,6 +7,7 @@ validation -> test evaluation -> TorchScript export (self-verified) -> plots and
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shlex
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landmark import plots
+from landmark import checkpoint, plots
 from landmark.data import DatasetError, Split, TensorImageDataset, scan_split, stratified_split
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
 from landmark.data.layout import list_images
@@ -58,6 +59,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                         "are written beside it")
     o.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last.pt after an interruption")
+    o.add_argument("--export-only", action="store_true",
+                   help="skip training: calibrate, evaluate and export the weights in "
+                        "OUTPUT/best.pt (a finished run, or a run folder copied from a GPU "
+                        "box); OUTPUT/run.json, when present, supplies the training command")
     o.add_argument("--tta", choices=["auto", "on", "off"], default="auto",
                    help="flip test-time augmentation inside the export; auto: keep it only if "
                         "it helps on validation")
@@ -109,23 +114,33 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     """
     setup_logging()
     cfg, preset = config_from_args(args), model.preset
+    command = "python -m " + " ".join(shlex.quote(a) for a in [f"train.{name}", *sys.argv[1:]])
+    log.info("%s", command)
     try:
         data = load_splits(args, preset)
     except DatasetError as e:
         sys.exit(f"error: {e}")
-    start = time.time()
-    net, history, info = (fit or fit_images)(args, model, data, cfg)
+    if args.export_only:
+        net, history, info = load_trained(args.output, model)
+        trained = info.pop("run")
+    else:
+        start, trained = time.time(), {"command": command}
+        net, history, info = (fit or fit_images)(args, model, data, cfg)
+        trained.update(train_seconds=round(time.time() - start), device=info.get("device"))
+        if info.get("rank", 0) == 0:
+            (args.output / "run.json").write_text(json.dumps(trained, indent=2))
     if info.get("rank", 0) != 0:
         return {}
     net = net.cpu().eval()
     report, settings = assess(net, preset, data, args.tta, not args.no_calibrate,
                               args.accept_known)
-    report.update(train_seconds=round(time.time() - start), **info)
+    report.update(train_seconds=trained.get("train_seconds"), **info)
     export = args.export or args.output / f"{name}.pt"
     metadata = {"name": name, "architecture": getattr(model, "arch", name),
                 "dataset": str(args.data),
-                "command": "python -m " + " ".join(shlex.quote(a) for a in
-                                                   [f"train.{name}", *sys.argv[1:]]),
+                "command": trained.get("command", command),
+                **({"export_command": command, "training": trained} if args.export_only
+                   else {}),
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
                             for s in ("val", "test") if s in report},
@@ -161,6 +176,25 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                 TensorImageDataset(data["val"].images, data["val"].labels,
                                    eval_transform(preset)), resume=args.resume)
     return trainer.load_best(), trainer.history, run_info(trainer)
+
+
+def load_trained(out: Path, model: nn.Module) -> tuple[nn.Module, list[dict], dict]:
+    """`model` with a run folder's best weights, its history, and what the run recorded."""
+    best, metrics = out / "best.pt", out / "metrics.csv"
+    if not best.is_file() or not metrics.is_file():
+        sys.exit(f"error: --export-only needs {best} and {metrics} from a training run")
+    state = checkpoint.load(best)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        sys.exit(f"error: {best} does not hold this model's weights ({str(e)[:200]})")
+    with open(metrics, newline="") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    run_file = out / "run.json"
+    trained = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    return model, history, {"best_epoch": state["epoch"], "epochs_run": len(history),
+                            "device": trained.get("device"), "export_only": True,
+                            "run": trained}
 
 
 def run_info(trainer: Trainer, **extra: object) -> dict:

@@ -12,8 +12,9 @@ from landmark.engine import TrainConfig
 from landmark.models import create_model, list_models
 from train.pipeline import add_common_args, run
 
-DEFAULTS = TrainConfig(epochs=180, batch_size=64, lr=3e-3, weight_decay=0.05,
-                       warmup_epochs=3, label_smoothing=0.1, patience=50)
+DEFAULTS = TrainConfig(epochs=500, batch_size=64, lr=3e-3, weight_decay=0.05,
+                       warmup_epochs=3, label_smoothing=0.1, mixup=0.2, cutmix=1.0,
+                       patience=150)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="landmark_resnet", choices=list_models(),
                    help="architecture from the registry (default %(default)s)")
     p.add_argument("--crop-size", type=int, default=None,
-                   help="training/eval crop in pixels (default: the model's own, 128)")
+                   help="training/eval crop in pixels (default: the model's own; "
+                        "landmark_resnet: 160)")
     add_common_args(p, DEFAULTS, "scratch")
     return p.parse_args(argv)
 

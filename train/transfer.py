@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from landmark.data.cache import CachedSplit
-from landmark.engine import TrainConfig, Trainer
+from landmark.engine import TrainConfig, Trainer, resolve_device
 from landmark.features import cached_features
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
@@ -67,6 +67,7 @@ def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                cfg: TrainConfig) -> tuple[list[dict], dict]:
     """Fit model.head on cached backbone features through the shared Trainer."""
     cache = None if args.no_cache else args.cache_dir
+    model.backbone.to(resolve_device(cfg.device))
     feats = {k: cached_features(model.backbone, data[k], model.preset,
                                 args.feature_views if k == "train" else 1, cache, desc=k)
              for k in ("train", "val")}
@@ -85,6 +86,7 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
     """Fit the last backbone stages and the head on cached trunk feature maps."""
     trunk, top = split_backbone(model.backbone, args.unfreeze)
     cache = None if args.no_cache else args.cache_dir
+    trunk.to(resolve_device(cfg.device))
     maps = {k: cached_features(trunk, data[k], model.preset,
                                args.feature_views if k == "train" else 1, cache,
                                desc=f"{k}-trunk{args.unfreeze}")

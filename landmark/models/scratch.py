@@ -68,7 +68,7 @@ def _init(model: nn.Module) -> nn.Module:
 
 def landmark_resnet(num_classes: int, widths: tuple[int, ...] = (48, 96, 192, 384),
                     depths: tuple[int, ...] = (1, 2, 2, 1), se: bool = True,
-                    drop: float = 0.3, crop_size: int = 128) -> nn.Module:
+                    drop: float = 0.3, crop_size: int = 160) -> nn.Module:
     """Our design: a narrow ResNet with SE blocks; stride-2 stem, four residual stages."""
     stem = nn.Sequential(conv_bn(3, 24, 2), conv_bn(24, widths[0]))
     stages, cin = [], widths[0]
