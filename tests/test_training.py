@@ -143,6 +143,13 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert second.metadata["training"]["train_seconds"] == report["train_seconds"]
 
 
+def test_no_validation_photos_is_one_clear_line(tiny_data: Path, tmp_path: Path) -> None:
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--val-fraction", "0.01",
+               "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode != 0
+    assert "leaves no validation photos" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_export_only_without_a_run_is_one_clear_line(tiny_data: Path, tmp_path: Path) -> None:
     res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output",
                str(tmp_path / "none"), "--cache-dir", str(tmp_path / "cache"), "--export-only")

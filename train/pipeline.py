@@ -89,6 +89,10 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
     """Scan the dataset, carve validation out of train, decode/cache train, val and test."""
     full = scan_split(args.data, "train")
     train, val = stratified_split(full, args.val_fraction, args.seed)
+    if not val.paths:
+        raise DatasetError(f"--val-fraction {args.val_fraction} leaves no validation photos "
+                           f"({len(full.paths)} photos in {len(full.classes)} classes); "
+                           "raise it or add photos")
     splits = {"train": train, "val": val}
     if (args.data / "test").is_dir():
         splits["test"] = scan_split(args.data, "test", classes=full.classes)
