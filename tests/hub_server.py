@@ -8,10 +8,11 @@ import base64
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
+
+from tests.http_server import LocalServer
 
 
 def blob_id(data: bytes) -> str:
@@ -29,7 +30,7 @@ class Repo:
         return next((c for c in self.commits if c[0] == rev or c[0].startswith(rev)), None)
 
 
-class FakeHub:
+class FakeHub(LocalServer):
     """Start with `with FakeHub() as hub:`; hub.url is the endpoint. `cut` names files whose
     downloads are cut off half-way (an interrupted connection)."""
 
@@ -165,17 +166,4 @@ class FakeHub:
                     return None
                 return self._send(200, data, headers)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
