@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt
 from landmark.data.layout import display_name
 
 
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Loss and top-1 per epoch, train against validation."""
     epochs = [r["epoch"] for r in history]
@@ -24,10 +32,7 @@ def training_curves(history: list[dict], path: str | Path, title: str = "") -> P
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def confusion_png(confusion: list[list[int]], classes: list[str], path: str | Path,
@@ -49,10 +54,7 @@ def confusion_png(confusion: list[list[int]], classes: list[str], path: str | Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def reliability_png(before: list[dict], after: list[dict], path: str | Path,
@@ -70,7 +72,4 @@ def reliability_png(before: list[dict], after: list[dict], path: str | Path,
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
