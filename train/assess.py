@@ -96,8 +96,9 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     """Choose flip, temperature and threshold without the test split; report every split.
 
     Returns (report, export settings {flip, temperature, reject_threshold})."""
+    # training photos are only needed for the feature-space open-set scores
     out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
-           for k, d in data.items()}
+           for k, d in data.items() if k != "train" or "unknown" in data}
     views = {k: v for k, (v, _) in out.items() if k != "train"}
     feats = {k: f for k, (_, f) in out.items()}
     val_labels = data["val"].labels
