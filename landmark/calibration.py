@@ -64,10 +64,27 @@ def auroc(known: Tensor, unknown: Tensor) -> float:
     return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
 
 
-def reject_threshold(known_scores: Tensor, accept_known: float = 0.95) -> float:
-    """The highest threshold that still accepts `accept_known` of the known photos."""
-    k = int((1 - accept_known) * len(known_scores))
-    return known_scores.sort().values[k].item() if len(known_scores) else 0.0
+def reject_threshold(known_scores: Tensor, accept_known: float = 0.95,
+                     unknown_scores: Tensor | None = None) -> float:
+    """Threshold on a familiarity score: accept a photo when its score >= it.
+
+    Known photos only: the highest threshold that still accepts `accept_known` of them.
+    With photos of unknown places too: among the thresholds that accept at least that
+    share, the one deciding the most photos right on both sides (share of known accepted
+    + share of unknown rejected, Youden's J; the lowest threshold on ties), placed midway
+    to the next lower score so it keeps a margin on both sides."""
+    if not len(known_scores):
+        return 0.0
+    k = int((1 - accept_known) * len(known_scores) + 1e-9)  # 0.2 * 10 is 1.999...
+    highest = known_scores.sort().values[k].item()
+    if unknown_scores is None or not len(unknown_scores):
+        return highest
+    scores = torch.cat([known_scores, unknown_scores]).unique()
+    scores = scores[scores <= highest]
+    j = torch.stack([(known_scores >= t).float().mean() + (unknown_scores < t).float().mean()
+                     for t in scores])
+    i = int(j.argmax())
+    return ((scores[i] + scores[i - 1]) / 2 if i else scores[i]).item()
 
 
 def open_set_report(known: Tensor, unknown: Tensor, threshold: float) -> dict:

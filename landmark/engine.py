@@ -1,5 +1,5 @@
-"""The one training loop: AdamW, warmup + cosine, label smoothing, mixup/cutmix, AMP,
-early stopping, atomic per-epoch checkpoints with resume, optional DDP. Used by every
+"""The one training loop: AdamW, warmup + cosine, label smoothing, mixup/cutmix, outlier
+exposure, AMP, early stopping, atomic per-epoch checkpoints with resume, optional DDP. Used by every
 training entry point (train.scratch, train.transfer)."""
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
+    outlier_weight: float = 0.0
     patience: int = 30
     precision: str = "auto"
     device: str = "auto"
@@ -199,24 +200,47 @@ class Trainer:
             if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(self.device, non_blocking=True)
-            target = y
-            if self.mix is not None:
-                x, target = self.mix(x, y)
+            x, target, n_known = self._known_first(x, y)
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                 enabled=self.dtype is not None):
-                out = self.net(x)
-                loss = F.cross_entropy(out.float(), target,
-                                       label_smoothing=self.cfg.label_smoothing)
+                out = self.net(x).float()
+            loss = self._loss(out, target, n_known)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            loss_sum += loss.item() * n_known
+            correct += (out[:n_known].argmax(1) == y[y >= 0]).sum().item()
+            seen += n_known
+            bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}",
+                            acc=f"{correct / max(1, seen):.3f}")
         return loss_sum / max(1, seen), correct / max(1, seen)
+
+    def _known_first(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+        """(batch with labelled photos first, their (mixed) targets, how many there are).
+        Rows labelled -1 are outliers: photos of no class, kept after the labelled ones."""
+        known = y >= 0
+        n_known = int(known.sum())
+        if n_known < len(y):
+            x = torch.cat([x[known], x[~known]])
+        target = y[known]
+        if self.mix is not None and n_known:
+            mixed, target = self.mix(x[:n_known], target)
+            x = torch.cat([mixed, x[n_known:]])
+        return x, target, n_known
+
+    def _loss(self, out: Tensor, target: Tensor, n_known: int) -> Tensor:
+        """Cross-entropy on labelled rows; on outlier rows, cfg.outlier_weight x the
+        cross-entropy to the uniform distribution (outlier exposure, Hendrycks et al.
+        2019): the network learns to spread its belief on places it does not know."""
+        loss = out.new_zeros(())
+        if n_known:
+            loss = F.cross_entropy(out[:n_known], target,
+                                   label_smoothing=self.cfg.label_smoothing)
+        if n_known < len(out):
+            loss = loss - self.cfg.outlier_weight * out[n_known:].log_softmax(1).mean()
+        return loss
 
     def _end_epoch(self, row: dict) -> None:
         self.history.append(row)
@@ -227,8 +251,8 @@ class Trainer:
         if self.rank != 0:
             return
         if better:
-            checkpoint.save_atomic({"model": self.model.state_dict(), **self.best},
-                                   self.out / "best.pt")
+            checkpoint.save_atomic({"model": self.model.state_dict(), **self.best,
+                                    "config": asdict(self.cfg)}, self.out / "best.pt")
         checkpoint.save_atomic(self._state(row["epoch"]), self.out / "last.pt")
         self._write_metrics()
         log.info("epoch %d  train loss %.3f top1 %.3f | val loss %.3f top1 %.3f%s",

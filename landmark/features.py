@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from landmark import checkpoint
 from landmark.data.cache import CachedSplit
 from landmark.presets import Preset, eval_transform, train_transform
 
@@ -66,8 +66,6 @@ def cached_features(backbone: nn.Module, data: CachedSplit, preset: Preset, view
         key = hashlib.sha1(f"{digest}{preset}{view}{data.paths}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"feat-{desc}-{key}.pt"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(extract(backbone, data, preset, view, desc=desc), path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
+            checkpoint.save_atomic(extract(backbone, data, preset, view, desc=desc), path)
         out.append(torch.load(path))
     return torch.cat(out), data.labels.repeat(views)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from landmark.calibration import (
@@ -39,6 +40,22 @@ def test_auroc_and_threshold() -> None:
     thr = reject_threshold(known, 0.95)
     rep = open_set_report(known, unknown, thr)
     assert rep["known_accepted"] >= 0.95 - 1e-6 and rep["unknown_rejected"] == 1.0
+
+
+def test_threshold_with_unknown_photos_decides_most_photos_right() -> None:
+    known = torch.tensor([0.3, 0.6, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.99, 1.0])
+    unknown = torch.tensor([0.1, 0.2, 0.25, 0.4, 0.5, 0.85])
+    alone = reject_threshold(known, 0.8)
+    assert alone == pytest.approx(0.8)  # the highest keeping 80%
+    both = reject_threshold(known, 0.8, unknown)
+    # 0.6 kept, every unknown but 0.85 rejected: J = 0.9 + 5/6, the best at or below 0.8;
+    # midway between 0.6 and the next lower score, 0.5
+    assert both == pytest.approx(0.55)
+    rep = open_set_report(known, unknown, both)
+    assert rep["known_accepted"] == pytest.approx(0.9)
+    assert rep["unknown_rejected"] == pytest.approx(5 / 6)
+    # the floor holds even when rejecting more unknowns would pay
+    assert reject_threshold(known, 0.95, unknown) <= torch.sort(known).values[0].item()
 
 
 def test_background_logit_folds_energy_into_the_top_probability() -> None:

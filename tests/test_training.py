@@ -185,3 +185,67 @@ def test_auto_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_workers(3, cpu) == 3
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert resolve_workers(-1, cpu) == 8 and resolve_workers(-1, gpu) == 8
+
+
+def _clusters_with_outliers(outlier_weight: float, tmp_path: Path) -> tuple[float, float]:
+    """A small MLP on three labelled clusters plus unlabelled (-1) photos from a fourth:
+    (mean top probability on fresh photos of the fourth cluster, training accuracy)."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(6) * 3
+    known = torch.cat([centres[c] + 0.5 * torch.randn(40, 6, generator=gen) for c in range(3)])
+    labels = torch.arange(3).repeat_interleave(40)
+    outliers, fresh = (centres[3] + 0.5 * torch.randn(n, 6, generator=gen) for n in (60, 100))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    cfg = TrainConfig(epochs=30, batch_size=32, lr=1e-2, warmup_epochs=1, weight_decay=0.0,
+                      label_smoothing=0.0, patience=100, workers=0, precision="fp32",
+                      outlier_weight=outlier_weight)
+    train = torch.utils.data.ConcatDataset([
+        torch.utils.data.TensorDataset(known, labels),
+        torch.utils.data.TensorDataset(outliers, torch.full((60,), -1))])
+    Trainer(net, 3, cfg, tmp_path / str(outlier_weight)).fit(
+        train, torch.utils.data.TensorDataset(known, labels))
+    with torch.no_grad():
+        net.eval()
+        return (net(fresh).softmax(1).max(1).values.mean().item(),
+                (net(known).argmax(1) == labels).float().mean().item())
+
+
+def test_outlier_exposure_spreads_belief_on_unknown_places(tmp_path: Path) -> None:
+    plain_conf, plain_acc = _clusters_with_outliers(0.0, tmp_path)
+    exposed_conf, exposed_acc = _clusters_with_outliers(1.0, tmp_path)
+    assert plain_acc == exposed_acc == 1.0  # the labelled photos are still learnt
+    assert plain_conf > 0.55  # without exposure the net is sure of something
+    assert exposed_conf < 0.45  # near the uniform 1/3 on photos like the outliers
+
+
+def test_unknown_parts_keep_the_report_half_apart() -> None:
+    from landmark.data import split_unknown
+    plain, exposed = split_unknown(30), split_unknown(30, exposure=True)
+    assert plain["hold"] == exposed["hold"] and len(plain["hold"]) == 15
+    assert plain["train"] == [] and sorted(exposed["tune"] + exposed["train"]) == plain["tune"]
+    assert len(exposed["train"]) == 10 and not set(exposed["tune"]) & set(exposed["train"])
+    assert split_unknown(30, exposure=True) == exposed  # seeded
+
+
+def test_cli_outlier_exposure_trains_on_unknown_and_reports_on_the_rest(
+        tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "1",
+               "--batch-size", "8", "--workers", "0", "--outlier-weight", "0.5",
+               "--output", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((out / "scratch.report.json").read_text())
+    assert report["outlier_exposure"] == {"weight": 0.5, "photos": 2}
+    assert report["open_set"]["tune"]["n_unknown"] == 1  # the rest of the tuning half
+    assert report["open_set"]["shipped"]["n_unknown"] == 3  # the held-out half, unchanged
+    # exporting it again without the flag would tune on photos it trained on: refused
+    mismatch = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output", str(out),
+                    "--cache-dir", str(tmp_path / "cache"), "--export-only")
+    assert mismatch.returncode != 0 and "--outlier-weight 0.5" in mismatch.stderr
+    missing = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--outlier-weight", "0.5",
+                   "--unknown", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r2"),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert missing.returncode != 0
+    assert "--outlier-weight needs photos" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -18,6 +18,7 @@ from landmark.calibration import (
     reliability_bins,
     tta_probs,
 )
+from landmark.data import split_unknown
 from landmark.data.cache import CachedSplit
 from landmark.metrics import classification_report
 from landmark.presets import EvalPreprocess, Preset
@@ -58,12 +59,6 @@ def feature_scores(train: Tensor, labels: Tensor, feats: Tensor) -> dict[str, Te
             "nearest_photo_cosine": (feats @ train.T).max(1).values}
 
 
-def split_unknown(unknown: CachedSplit, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Seeded halves of the unknown photos: one to choose the threshold, one to report."""
-    order = torch.randperm(len(unknown.paths), generator=torch.Generator().manual_seed(seed))
-    return sorted(order[::2].tolist()), sorted(order[1::2].tolist())
-
-
 def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: float,
                       labels: Tensor, min_gain: float = 0.002,
                       max_ece_increase: float = 0.02) -> float | None:
@@ -92,13 +87,15 @@ def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: f
 
 
 def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
-           calibrate: bool, accept_known: float) -> tuple[dict, dict]:
+           calibrate: bool, accept_known: float, exposure: bool = False) -> tuple[dict, dict]:
     """Choose flip, temperature and threshold without the test split; report every split.
+    With outlier `exposure`, the unknown photos the network trained on are left out.
 
     Returns (report, export settings {flip, temperature, reject_threshold})."""
     # training photos are only needed for the feature-space open-set scores
     out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
-           for k, d in data.items() if k != "train" or "unknown" in data}
+           for k, d in data.items()
+           if k in ("val", "test", "unknown") or (k == "train" and "unknown" in data)}
     views = {k: v for k, (v, _) in out.items() if k != "train"}
     feats = {k: f for k, (_, f) in out.items()}
     val_labels = data["val"].labels
@@ -113,7 +110,8 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
     background = None
     if "unknown" in data:
-        tune, hold = split_unknown(data["unknown"])
+        parts = split_unknown(len(data["unknown"].paths), exposure)
+        tune, hold = parts["tune"], parts["hold"]
         background = choose_background(used["val"], [v[tune] for v in used["unknown"]],
                                        temperature, val_labels)
     probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
@@ -127,7 +125,9 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
             report[k]["ece_after"] = expected_calibration_error(probs[k], data[k].labels)
             report[k]["reliability_before"] = reliability_bins(raw[k], data[k].labels)
             report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
-    threshold = reject_threshold(probs["val"].max(1).values, accept_known)
+    threshold = reject_threshold(probs["val"].max(1).values, accept_known,
+                                 probs["unknown"][tune].max(1).values
+                                 if "unknown" in data else None)
     if "unknown" in data:
         _open_set(report, data, used, probs, temperature, threshold, accept_known, tune, hold,
                   feats)
@@ -154,8 +154,9 @@ def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[
            for name in ("prototype_cosine", "nearest_photo_cosine") if by_feature},
     }
     report["open_set"] = {
-        "rule": f"accept when top probability >= threshold; threshold keeps "
-                f"{accept_known:.0%} of validation photos",
+        "rule": f"accept when top probability >= threshold; threshold: most validation "
+                f"photos accepted + tuning unknown photos rejected (shares), keeping at "
+                f"least {accept_known:.0%} of validation photos",
         "tune": open_set_report(probs["val"].max(1).values,
                                 probs["unknown"][tune].max(1).values, threshold),
         "report_on": f"{known} split + held-out half of unknown/",

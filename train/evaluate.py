@@ -20,12 +20,11 @@ import torch
 
 from landmark import plots
 from landmark.calibration import expected_calibration_error, open_set_report, reliability_bins
-from landmark.data import DatasetError, Split, scan_split
+from landmark.data import DatasetError, Split, scan_split, split_unknown
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
 from landmark.data.layout import display_name, list_images
 from landmark.export import Exported, load_exported
 from landmark.metrics import classification_report
-from train.assess import split_unknown
 
 
 @torch.no_grad()
@@ -54,7 +53,7 @@ def evaluate(model_path: Path, data_root: Path, unknown: Path | None, split: str
         paths = list_images(unknown)
         unk = cached_split(Split(paths, [-1] * len(paths), model.classes), size, interp,
                            cache_dir, desc="unknown")
-        keep = list(range(len(unk.paths))) if all_unknown else split_unknown(unk)[1]
+        keep = list(range(len(unk.paths))) if all_unknown else split_unknown(len(unk.paths))["hold"]
         unk_scores = file_probs(model, unk).max(1).values[keep]
         report["open_set"] = open_set_report(probs.max(1).values, unk_scores,
                                              float(model.metadata.get("reject_threshold", 0)))

@@ -20,9 +20,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
 
 from landmark import checkpoint, plots
-from landmark.data import DatasetError, Split, TensorImageDataset, scan_split, stratified_split
+from landmark.data import (
+    DatasetError,
+    Split,
+    TensorImageDataset,
+    scan_split,
+    split_unknown,
+    stratified_split,
+)
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
 from landmark.data.layout import list_images
 from landmark.engine import TrainConfig, Trainer
@@ -31,6 +39,13 @@ from landmark.presets import Preset, eval_transform, train_transform
 from train.assess import assess
 
 log = logging.getLogger("train")
+HELP = {
+    "outlier_weight": "outlier exposure: train on two thirds of the tuning half of the "
+                      "unknown photos as 'none of these' (cross-entropy to uniform) with this "
+                      "weight; 0 turns it off. The held-out half stays unseen",
+    "backbone_lr_scale": "the backbone's LR as a share of the head's",
+    "workers": "DataLoader workers; -1 picks for the machine",
+}
 
 
 def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str) -> None:
@@ -50,7 +65,8 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t.add_argument(flag, type=type(f.default), default=getattr(defaults, f.name),
-                       help=f"(default: {getattr(defaults, f.name)})")
+                       help=f"{HELP.get(f.name, '')} (default: {getattr(defaults, f.name)})"
+                       .lstrip())
     o = p.add_argument_group("output")
     o.add_argument("--output", type=Path, default=Path("runs") / name,
                    help="run folder: checkpoints, metrics.csv (default %(default)s)")
@@ -72,8 +88,9 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     o.add_argument("--no-calibrate", action="store_true",
                    help="skip temperature scaling on the validation split")
     o.add_argument("--accept-known", type=float, default=0.95,
-                   help="share of validation photos the reject threshold must keep "
-                        "(default %(default)s)")
+                   help="share of validation photos the reject threshold must keep at least; "
+                        "with unknown photos, the threshold then maximises known accepted + "
+                        "unknown rejected on the tuning photos (default %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -103,6 +120,12 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
     cache = None if args.no_cache else args.cache_dir
     out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
            for k, s in splits.items()}
+    if args.outlier_weight > 0:
+        if "unknown" not in out:
+            raise DatasetError(f"--outlier-weight needs photos of other places: no images in "
+                               f"{unknown} (pass --unknown DIR)")
+        out["outliers"] = out["unknown"].subset(split_unknown(len(out["unknown"].paths),
+                                                              exposure=True)["train"])
     for k, s in out.items():
         log.info("%s: %d photos, %d classes%s", k, len(s.labels), len(s.classes),
                  f", {len(s.skipped)} unreadable skipped" if s.skipped else "")
@@ -125,7 +148,7 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     except DatasetError as e:
         sys.exit(f"error: {e}")
     if args.export_only:
-        net, history, info = load_trained(args.output, model)
+        net, history, info = load_trained(args.output, model, cfg)
         trained = info.pop("run")
     else:
         start, trained = time.time(), {"command": command}
@@ -137,8 +160,11 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
         return {}
     net = net.cpu().eval()
     report, settings = assess(net, preset, data, args.tta, not args.no_calibrate,
-                              args.accept_known)
+                              args.accept_known, exposure="outliers" in data)
     report.update(train_seconds=trained.get("train_seconds"), **info)
+    if "outliers" in data:
+        report["outlier_exposure"] = {"weight": cfg.outlier_weight,
+                                      "photos": len(data["outliers"].paths)}
     export = args.export or args.output / f"{name}.pt"
     metadata = {"name": name, "architecture": getattr(model, "arch", name),
                 "dataset": str(args.data),
@@ -175,19 +201,31 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     """Train every trainable weight on augmented photos; keep the best validation epoch."""
     preset = model.preset
     trainer = Trainer(model, len(data["train"].classes), cfg, args.output)
-    trainer.fit(TensorImageDataset(data["train"].images, data["train"].labels,
-                                   train_transform(preset)),
-                TensorImageDataset(data["val"].images, data["val"].labels,
-                                   eval_transform(preset)), resume=args.resume)
+    train = with_outliers(data, lambda d: TensorImageDataset(d.images, d.labels,
+                                                             train_transform(preset)))
+    trainer.fit(train, TensorImageDataset(data["val"].images, data["val"].labels,
+                                          eval_transform(preset)), resume=args.resume)
     return trainer.load_best(), trainer.history, run_info(trainer)
 
 
-def load_trained(out: Path, model: nn.Module) -> tuple[nn.Module, list[dict], dict]:
+def with_outliers(data: dict, dataset: Callable[..., Dataset]) -> Dataset:
+    """`dataset(data["train"])`, joined by `dataset(data["outliers"])` (photos labelled -1)
+    when the run uses outlier exposure. Works on cached photos and cached features alike."""
+    train = dataset(data["train"])
+    return ConcatDataset([train, dataset(data["outliers"])]) if "outliers" in data else train
+
+
+def load_trained(out: Path, model: nn.Module,
+                 cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
     """`model` with a run folder's best weights, its history, and what the run recorded."""
     best, metrics = out / "best.pt", out / "metrics.csv"
     if not best.is_file() or not metrics.is_file():
         sys.exit(f"error: --export-only needs {best} and {metrics} from a training run")
     state = checkpoint.load(best)
+    trained_with = state.get("config", {}).get("outlier_weight", cfg.outlier_weight)
+    if trained_with != cfg.outlier_weight:
+        sys.exit(f"error: {best} was trained with --outlier-weight {trained_with}; pass the "
+                 "same value, so the unknown photos it trained on stay out of the tuning")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

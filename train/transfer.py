@@ -36,7 +36,7 @@ from landmark.engine import TrainConfig, Trainer, resolve_device
 from landmark.features import cached_features
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
-from train.pipeline import add_common_args, fit_images, run, run_info
+from train.pipeline import add_common_args, fit_images, run, run_info, with_outliers
 
 log = logging.getLogger("train")
 DEFAULTS = TrainConfig(epochs=30, batch_size=32, lr=1e-3, backbone_lr_scale=0.1,
@@ -69,12 +69,13 @@ def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     cache = None if args.no_cache else args.cache_dir
     model.backbone.to(resolve_device(cfg.device))
     feats = {k: cached_features(model.backbone, data[k], model.preset,
-                                args.feature_views if k == "train" else 1, cache, desc=k)
-             for k in ("train", "val")}
+                                args.feature_views if k != "val" else 1, cache, desc=k)
+             for k in ("train", "val", "outliers") if k in data}
     head_cfg = replace(cfg, **HEAD_DEFAULTS) if args.strategy == "finetune" else cfg
-    head_cfg = replace(head_cfg, backbone_lr_scale=1.0)  # the head is all there is here
+    # the head is all there is here, and MixUp/CutMix mix photos, not feature vectors
+    head_cfg = replace(head_cfg, backbone_lr_scale=1.0, mixup=0.0, cutmix=0.0)
     trainer = Trainer(model.head, len(data["train"].classes), head_cfg, args.output / "head")
-    trainer.fit(TensorDataset(*feats["train"]), TensorDataset(*feats["val"]),
+    trainer.fit(with_outliers(feats, lambda f: TensorDataset(*f)), TensorDataset(*feats["val"]),
                 resume=args.resume)
     trainer.load_best()
     return trainer.history, run_info(trainer, strategy=args.strategy,
@@ -88,13 +89,14 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
     cache = None if args.no_cache else args.cache_dir
     trunk.to(resolve_device(cfg.device))
     maps = {k: cached_features(trunk, data[k], model.preset,
-                               args.feature_views if k == "train" else 1, cache,
+                               args.feature_views if k != "val" else 1, cache,
                                desc=f"{k}-trunk{args.unfreeze}")
-            for k in ("train", "val")}
+            for k in ("train", "val", "outliers") if k in data}
     top.requires_grad_(True)
     trainer = Trainer(TopAndHead(top, model.head), len(data["train"].classes), cfg,
                       args.output / "partial")
-    trainer.fit(TensorDataset(*maps["train"]), TensorDataset(*maps["val"]), resume=args.resume)
+    trainer.fit(with_outliers(maps, lambda f: TensorDataset(*f)), TensorDataset(*maps["val"]),
+                resume=args.resume)
     trainer.load_best()
     return trainer.history, run_info(trainer, strategy="partial", unfreeze=args.unfreeze,
                                      feature_views=args.feature_views)

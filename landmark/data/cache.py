@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from landmark import checkpoint
 from landmark.data.imageio import ImageError, load_image
 from landmark.data.layout import Split
 from landmark.presets import cache_image
@@ -35,6 +36,11 @@ class CachedSplit:
     paths: list[str]
     classes: list[str]
     skipped: list[str]
+
+    def subset(self, idx: list[int]) -> CachedSplit:
+        """The photos at positions `idx`."""
+        return CachedSplit(self.images[idx], self.labels[idx], [self.paths[i] for i in idx],
+                           self.classes, [])
 
 
 def _worker_init() -> None:
@@ -94,8 +100,5 @@ def cached_split(split: Split, size: int, interpolation: str = "bilinear",
     if path.exists():
         return CachedSplit(**torch.load(path, weights_only=False))
     data = decode_split(split, size, interpolation, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(data.__dict__, tmp)
-    os.replace(tmp, path)
+    checkpoint.save_atomic(data.__dict__, path)  # concurrent runs may share the cache
     return data

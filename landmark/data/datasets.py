@@ -29,6 +29,18 @@ def stratified_split(split: Split, val_fraction: float, seed: int = 0) -> tuple[
     return pick(train_idx), pick(val_idx)
 
 
+def split_unknown(n: int, exposure: bool = False, seed: int = 0) -> dict[str, list[int]]:
+    """Seeded parts of `n` photos of unknown places, as index lists.
+
+    `hold` (every other photo) is only ever reported on, whatever the options; `tune`
+    chooses the open-set rule; with outlier `exposure`, two thirds of the tuning half move
+    to `train`, to be trained on as "none of these"."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    rest = order[::2]
+    tune, train = (rest[::3], rest[1::3] + rest[2::3]) if exposure else (rest, [])
+    return {"train": sorted(train), "tune": sorted(tune), "hold": sorted(order[1::2])}
+
+
 class TensorImageDataset(Dataset):
     """uint8 images in memory, transformed on the fly: (transform(img), label)."""
 
