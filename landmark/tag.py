@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def shard(files: list[Path], spec: str | None) -> list[Path]:
 
 
 class PhotoDataset(Dataset):
-    """Decodes and resizes in DataLoader workers: (index, uint8 square or empty, error)."""
+    """Decodes, resizes and reads EXIF GPS in DataLoader workers, keeping the main process
+    for the model: (index, uint8 square or empty, error, (lat, lon) or NaNs)."""
 
     def __init__(self, files: list[Path], predictor: Predictor) -> None:
         self.files, self.predictor = files, predictor
@@ -67,16 +69,19 @@ class PhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str, torch.Tensor]:
+        no_gps = torch.full((2,), float("nan"), dtype=torch.float64)
         try:
             img = self.predictor.load(self.files[i])
         except ImageError as e:
-            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e), no_gps
+        gps = read_gps(self.files[i])
+        gps = torch.tensor(gps, dtype=torch.float64) if gps else no_gps
         arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
         if min(arr.shape[1:]) < 32:
             img = img.resize((max(32, img.width), max(32, img.height)))
             arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        return i, cache_image(arr, self.size, self.interpolation), ""
+        return i, cache_image(arr, self.size, self.interpolation), "", gps
 
 
 def done_files(out: Path) -> set[str]:
@@ -157,7 +162,7 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
     try:
-        for idx, images, errors in loader:
+        for idx, images, errors, gps in loader:
             ok = [j for j, e in enumerate(errors) if not e]
             probs = predictor.module(images[ok].float() / 255.0) if ok else None
             for pos, (i, err) in enumerate(zip(idx.tolist(), errors, strict=True)):
@@ -166,8 +171,9 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
                     writer.write({"file": str(path), "error": err})
                     counts["errors"] += 1
                     continue
-                rec = {"file": str(path),
-                       **predictor.record(probs[ok.index(pos)], k, read_gps(path))}
+                lat, lon = gps[pos].tolist()
+                rec = {"file": str(path), **predictor.record(
+                    probs[ok.index(pos)], k, None if math.isnan(lat) else (lat, lon))}
                 if exif_dir and rec["location"]:
                     _write_exif(path, rec, exif_dir)
                 writer.write(rec)

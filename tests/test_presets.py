@@ -48,3 +48,13 @@ def test_cache_then_eval_matches_eval_on_full_photo() -> None:
 def test_eval_preprocess_scripts() -> None:
     pre = torch.jit.script(EvalPreprocess(Preset(crop_size=32, resize_size=36)))
     assert pre(torch.rand(1, 3, 50, 100)).shape == (1, 3, 32, 32)
+
+
+def test_bilinear_cache_resizes_in_uint8_within_one_grey_level() -> None:
+    photo = load_image(real_photos("11.Niagara_Falls")[0])
+    full = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)
+    fast = cache_image(full, 73, "bilinear")
+    through_float = EvalPreprocess(Preset(crop_size=73, resize_size=73, mean=(0.0,) * 3,
+                                          std=(1.0,) * 3))(full[None].float() / 255)[0]
+    assert fast.dtype == torch.uint8 and fast.shape == (3, 73, 73)
+    assert (fast.float() - through_float * 255).abs().max() <= 1.0
