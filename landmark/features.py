@@ -65,7 +65,9 @@ def cached_features(backbone: nn.Module, data: CachedSplit, preset: Preset, view
             continue
         key = hashlib.sha1(f"{digest}{preset}{view}{data.paths}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"feat-{desc}-{key}.pt"
-        if not path.exists():
-            checkpoint.save_atomic(extract(backbone, data, preset, view, desc=desc), path)
-        out.append(torch.load(path))
+        if path.exists():
+            out.append(torch.load(path))
+        else:
+            out.append(extract(backbone, data, preset, view, desc=desc))
+            checkpoint.save_atomic(out[-1], path)
     return torch.cat(out), data.labels.repeat(views)

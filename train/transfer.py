@@ -29,13 +29,14 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from landmark.data.cache import CachedSplit
 from landmark.engine import TrainConfig, Trainer, resolve_device
 from landmark.features import cached_features
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
+from landmark.presets import Preset
 from train.pipeline import add_common_args, fit_images, run, run_info, with_outliers
 
 log = logging.getLogger("train")
@@ -63,20 +64,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def feature_sets(args: argparse.Namespace, module: nn.Module, preset: Preset,
+                 data: dict[str, CachedSplit], cfg: TrainConfig,
+                 suffix: str = "") -> tuple[Dataset, Dataset]:
+    """(training set, validation set) of `module`'s cached outputs on the training device:
+    --feature-views views of the training photos (and of the outlier photos, labelled -1,
+    with outlier exposure), one view of the validation photos."""
+    cache = None if args.no_cache else args.cache_dir
+    module.to(resolve_device(cfg.device))
+    sets = {k: cached_features(module, data[k], preset, args.feature_views if k != "val" else 1,
+                               cache, desc=f"{k}{suffix}")
+            for k in ("train", "val", "outliers") if k in data}
+    return with_outliers(sets, lambda f: TensorDataset(*f)), TensorDataset(*sets["val"])
+
+
 def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
                cfg: TrainConfig) -> tuple[list[dict], dict]:
     """Fit model.head on cached backbone features through the shared Trainer."""
-    cache = None if args.no_cache else args.cache_dir
-    model.backbone.to(resolve_device(cfg.device))
-    feats = {k: cached_features(model.backbone, data[k], model.preset,
-                                args.feature_views if k != "val" else 1, cache, desc=k)
-             for k in ("train", "val", "outliers") if k in data}
+    train_set, val_set = feature_sets(args, model.backbone, model.preset, data, cfg)
     head_cfg = replace(cfg, **HEAD_DEFAULTS) if args.strategy == "finetune" else cfg
     # the head is all there is here, and MixUp/CutMix mix photos, not feature vectors
     head_cfg = replace(head_cfg, backbone_lr_scale=1.0, mixup=0.0, cutmix=0.0)
     trainer = Trainer(model.head, len(data["train"].classes), head_cfg, args.output / "head")
-    trainer.fit(with_outliers(feats, lambda f: TensorDataset(*f)), TensorDataset(*feats["val"]),
-                resume=args.resume)
+    trainer.fit(train_set, val_set, resume=args.resume)
     trainer.load_best()
     return trainer.history, run_info(trainer, strategy=args.strategy,
                                      feature_views=args.feature_views)
@@ -86,17 +96,12 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
               cfg: TrainConfig) -> tuple[list[dict], dict]:
     """Fit the last backbone stages and the head on cached trunk feature maps."""
     trunk, top = split_backbone(model.backbone, args.unfreeze)
-    cache = None if args.no_cache else args.cache_dir
-    trunk.to(resolve_device(cfg.device))
-    maps = {k: cached_features(trunk, data[k], model.preset,
-                               args.feature_views if k != "val" else 1, cache,
-                               desc=f"{k}-trunk{args.unfreeze}")
-            for k in ("train", "val", "outliers") if k in data}
+    train_set, val_set = feature_sets(args, trunk, model.preset, data, cfg,
+                                      suffix=f"-trunk{args.unfreeze}")
     top.requires_grad_(True)
     trainer = Trainer(TopAndHead(top, model.head), len(data["train"].classes), cfg,
                       args.output / "partial")
-    trainer.fit(with_outliers(maps, lambda f: TensorDataset(*f)), TensorDataset(*maps["val"]),
-                resume=args.resume)
+    trainer.fit(train_set, val_set, resume=args.resume)
     trainer.load_best()
     return trainer.history, run_info(trainer, strategy="partial", unfreeze=args.unfreeze,
                                      feature_views=args.feature_views)
