@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from bench.report import update_section
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
-from landmark.engine import TrainConfig, Trainer, resolve_workers, warmup_cosine
+from landmark.data.datasets import resolve_workers
+from landmark.engine import TrainConfig, Trainer, warmup_cosine
 from landmark.models import create_model
 from landmark.presets import train_transform
 

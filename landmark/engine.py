@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from landmark import checkpoint
+from landmark.data.datasets import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,6 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def resolve_workers(workers: int, device: torch.device) -> int:
-    """-1 -> DataLoader workers that pay off: none on a small CPU box, where a worker only
-    competes with the model for the same cores (bench.pipeline: 90% vs 84% with one
-    worker on 2 cores), else up to 8 (GPU boxes need decoding kept off the main thread)."""
-    if workers >= 0:
-        return workers
-    cores = os.cpu_count() or 1
-    return 0 if device.type == "cpu" and cores <= 2 else min(8, max(1, cores - 1))
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,10 @@ import csv
 import json
 import math
 import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from landmark.data.datasets import resolve_workers
 from landmark.data.imageio import ImageError
 from landmark.data.layout import list_images
 from landmark.geotag import geotag_jpeg, read_gps
@@ -58,8 +63,8 @@ def shard(files: list[Path], spec: str | None) -> list[Path]:
 
 
 class PhotoDataset(Dataset):
-    """Decodes, resizes and reads EXIF GPS in DataLoader workers, keeping the main process
-    for the model: (index, uint8 square or empty, error, (lat, lon) or NaNs)."""
+    """Decodes, resizes and reads EXIF GPS, in DataLoader workers or the main process:
+    (index, uint8 square or empty, error, (lat, lon) or NaNs)."""
 
     def __init__(self, files: list[Path], predictor: Predictor) -> None:
         self.files, self.predictor = files, predictor
@@ -75,7 +80,7 @@ class PhotoDataset(Dataset):
             img = self.predictor.load(self.files[i])
         except ImageError as e:
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e), no_gps
-        gps = read_gps(self.files[i])
+        gps = read_gps(img)  # the EXIF the decoder already read
         gps = torch.tensor(gps, dtype=torch.float64) if gps else no_gps
         arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
         if min(arr.shape[1:]) < 32:
@@ -150,40 +155,83 @@ def resolve_model(name_or_path: str) -> Path:
                             f"{sorted(p.stem for p in MODELS_DIR.glob('*.pt'))}")
 
 
-@torch.no_grad()
+def stream_plan(threads: int) -> tuple[int, int]:
+    """(model streams, intra-op threads each) for `threads` cores: single-threaded streams,
+    at most 8. Independent streams never wait on each other, where one multi-threaded
+    forward stalls at every op whenever a decoder takes one of its cores."""
+    streams = max(1, min(8, threads))
+    return streams, max(1, threads // streams)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op threads, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor | None]:
+    ok = [j for j, e in enumerate(batch[2]) if not e]
+    with torch.no_grad():
+        probs = predictor.module(batch[1][ok].float() / 255.0) if ok else None
+    return batch, probs
+
+
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
-        workers: int = 2, exif_dir: Path | None = None) -> dict:
-    """Tag `files` not yet in `out`; returns counts."""
+        workers: int = -1, exif_dir: Path | None = None) -> dict:
+    """Tag `files` not yet in `out`; returns counts. Batches run on parallel model streams
+    (`stream_plan`) and are written in order; `workers` -1 picks decoding processes by
+    machine (`resolve_workers`), 0 decodes in the main process."""
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
-    loader = DataLoader(PhotoDataset(todo, predictor), batch_size=batch, num_workers=workers,
-                        persistent_workers=False)
+    loader = DataLoader(PhotoDataset(todo, predictor), batch_size=batch,
+                        num_workers=resolve_workers(workers, torch.device("cpu")))
+    streams, per_stream = stream_plan(torch.get_num_threads())
     writer = Writer(out)
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
+    pending: deque[Future] = deque()
+
+    def finish(job: Future) -> None:
+        for path, rec in _records(*job.result(), todo, predictor, k):
+            if exif_dir and rec.get("location"):
+                _write_exif(path, rec, exif_dir)
+            writer.write(rec)
+            counts["errors" if "error" in rec else "tagged"] += 1
+            bar.update()
+        writer.flush()
+
     try:
-        for idx, images, errors, gps in loader:
-            ok = [j for j, e in enumerate(errors) if not e]
-            probs = predictor.module(images[ok].float() / 255.0) if ok else None
-            for pos, (i, err) in enumerate(zip(idx.tolist(), errors, strict=True)):
-                path = todo[i]
-                if err:
-                    writer.write({"file": str(path), "error": err})
-                    counts["errors"] += 1
-                    continue
-                lat, lon = gps[pos].tolist()
-                rec = {"file": str(path), **predictor.record(
-                    probs[ok.index(pos)], k, None if math.isnan(lat) else (lat, lon))}
-                if exif_dir and rec["location"]:
-                    _write_exif(path, rec, exif_dir)
-                writer.write(rec)
-                counts["tagged"] += 1
-            writer.flush()
-            bar.update(len(idx))
+        with torch_threads(per_stream), ThreadPoolExecutor(streams) as pool:
+            for item in loader:
+                pending.append(pool.submit(_forward, predictor, item))
+                while len(pending) > streams:  # at most one batch waiting per stream
+                    finish(pending.popleft())
+            while pending:
+                finish(pending.popleft())
     finally:
         bar.close()
         writer.close()
     return counts
+
+
+def _records(batch: list, probs: torch.Tensor | None, todo: list[Path], predictor: Predictor,
+             k: int) -> Iterator[tuple[Path, dict]]:
+    """(file, record) for every photo of a decoded batch, in order."""
+    idx, _, errors, gps = batch
+    ok = [j for j, e in enumerate(errors) if not e]
+    for pos, (i, err) in enumerate(zip(idx.tolist(), errors, strict=True)):
+        path = todo[i]
+        if err:
+            yield path, {"file": str(path), "error": err}
+            continue
+        lat, lon = gps[pos].tolist()
+        yield path, {"file": str(path), **predictor.record(
+            probs[ok.index(pos)], k, None if math.isnan(lat) else (lat, lon))}
 
 
 def _write_exif(path: Path, rec: dict, folder: Path) -> None:
@@ -205,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="output .jsonl or .csv (appended to; reruns resume)")
     p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="decoding processes (default -1: none on a machine with <= 2 cores, "
+                        "where the main process decodes between batches, else cores - 1, "
+                        "at most 8)")
     p.add_argument("--shard", default=None, metavar="I/N", help="take shard I of N (0-based)")
     p.add_argument("--write-exif", type=Path, default=None, metavar="DIR",
                    help="write geotagged copies of JPEGs here")

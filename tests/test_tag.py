@@ -110,3 +110,23 @@ def test_csv_and_exif_copies(photos: Path, tiny_model: Path, tmp_path: Path) -> 
 def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
     res = _tag(str(tmp_path / "nope"))
     assert res.returncode == 1 and "no such file or folder" in res.stderr
+
+
+def test_streams_keep_file_order_and_read_photo_gps(photos: Path, tiny_model: Path,
+                                                    tmp_path: Path) -> None:
+    import torch
+
+    from landmark.geotag import geotag_jpeg
+    from landmark.tag import run
+    one = sorted((photos / "03.Eiffel_Tower").glob("*.jpg"))[0]
+    one.write_bytes(geotag_jpeg(one.read_bytes(), 48.8584, 2.2945, "Paris"))
+    threads = torch.get_num_threads()
+    out = tmp_path / "tags.jsonl"
+    counts = run(collect([photos]), Predictor(tiny_model), out, batch=2, workers=0)
+    assert torch.get_num_threads() == threads  # the model streams' setting is undone
+    recs = _lines(out)
+    assert counts == {"tagged": 10, "errors": 1, "skipped_done": 0}
+    assert [r["file"] for r in recs] == [str(p) for p in collect([photos])]
+    gps = {r["file"]: r.get("photo_gps") for r in recs}
+    assert gps.pop(str(one))["lat"] == pytest.approx(48.8584, abs=1e-4)
+    assert not any(gps.values())

@@ -178,7 +178,7 @@ def test_feature_scores_rank_familiar_photos_above_strange_ones() -> None:
 
 
 def test_auto_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from landmark.engine import resolve_workers
+    from landmark.data.datasets import resolve_workers
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert resolve_workers(-1, cpu) == 0  # a worker would only compete for the 2 cores

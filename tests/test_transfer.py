@@ -142,9 +142,11 @@ def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_pat
     res = subprocess.run(
         [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
          "efficientnet_lite0", "--strategy", "partial", "--epochs", "2", "--batch-size", "8",
-         "--feature-views", "2", "--workers", "0", "--output", str(out), "--cache-dir",
-         str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True, timeout=600)
+         "--feature-views", "2", "--workers", "0", "--mixup", "0.2", "--cutmix", "1.0",
+         "--output", str(out), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "--mixup/--cutmix apply to photos only" in res.stderr  # not to cached maps
     exported = load_exported(out / "transfer.pt")
     report = json.loads((out / "transfer.report.json").read_text())
     assert report["strategy"] == "partial" and report["unfreeze"] == 1

@@ -4,6 +4,7 @@ validation + half of the unknown photos, and the full report on test + the other
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,16 @@ from landmark.metrics import classification_report
 from landmark.presets import EvalPreprocess, Preset
 
 log = logging.getLogger("train")
+
+
+@dataclass
+class Outputs:
+    """The network's outputs on every split, as the assessment uses them."""
+
+    views: dict[str, list[Tensor]]  # logits of the eval crop (and of its mirror image)
+    probs: dict[str, Tensor]  # shipped probabilities: temperature and background logit
+    feats: dict[str, Tensor]  # penultimate features of the eval crop
+    temperature: float
 
 
 @torch.no_grad()
@@ -111,7 +122,7 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     background = None
     if "unknown" in data:
         parts = split_unknown(len(data["unknown"].paths), exposure)
-        tune, hold = parts["tune"], parts["hold"]
+        tune = parts["tune"]
         background = choose_background(used["val"], [v[tune] for v in used["unknown"]],
                                        temperature, val_labels)
     probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
@@ -129,19 +140,19 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
                                  probs["unknown"][tune].max(1).values
                                  if "unknown" in data else None)
     if "unknown" in data:
-        _open_set(report, data, used, probs, temperature, threshold, accept_known, tune, hold,
-                  feats)
+        _open_set(report, data, Outputs(used, probs, feats, temperature), threshold,
+                  accept_known, parts)
     settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
                 "background": background}
     return report, settings
 
 
-def _open_set(report: dict, data: dict[str, CachedSplit], views: dict[str, list[Tensor]],
-              probs: dict[str, Tensor], temperature: float, threshold: float,
-              accept_known: float, tune: list[int], hold: list[int],
-              feats: dict[str, Tensor]) -> None:
+def _open_set(report: dict, data: dict[str, CachedSplit], out: Outputs, threshold: float,
+              accept_known: float, parts: dict[str, list[int]]) -> None:
     """Record the threshold on val + unknown-tune, and every score's AUROC on tuning
     photos (where the shipped score is chosen) and on test + unknown-hold."""
+    views, probs, feats, temperature = out.views, out.probs, out.feats, out.temperature
+    tune, hold = parts["tune"], parts["hold"]
     known = "test" if "test" in data else "val"
     by_feature = {k: feature_scores(feats["train"], data["train"].labels, feats[k])
                   for k in {known, "val", "unknown"}} if feats["train"].numel() else {}

@@ -78,13 +78,19 @@ def feature_sets(args: argparse.Namespace, module: nn.Module, preset: Preset,
     return with_outliers(sets, lambda f: TensorDataset(*f)), TensorDataset(*sets["val"])
 
 
+def unmixed(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` without MixUp/CutMix: they mix photos, not cached features or feature maps."""
+    if cfg.mixup or cfg.cutmix:
+        log.info("--mixup/--cutmix apply to photos only: off while training on cached features")
+    return replace(cfg, mixup=0.0, cutmix=0.0)
+
+
 def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
                cfg: TrainConfig) -> tuple[list[dict], dict]:
     """Fit model.head on cached backbone features through the shared Trainer."""
     train_set, val_set = feature_sets(args, model.backbone, model.preset, data, cfg)
     head_cfg = replace(cfg, **HEAD_DEFAULTS) if args.strategy == "finetune" else cfg
-    # the head is all there is here, and MixUp/CutMix mix photos, not feature vectors
-    head_cfg = replace(head_cfg, backbone_lr_scale=1.0, mixup=0.0, cutmix=0.0)
+    head_cfg = unmixed(replace(head_cfg, backbone_lr_scale=1.0))  # the head is all there is
     trainer = Trainer(model.head, len(data["train"].classes), head_cfg, args.output / "head")
     trainer.fit(train_set, val_set, resume=args.resume)
     trainer.load_best()
@@ -99,7 +105,7 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
     train_set, val_set = feature_sets(args, trunk, model.preset, data, cfg,
                                       suffix=f"-trunk{args.unfreeze}")
     top.requires_grad_(True)
-    trainer = Trainer(TopAndHead(top, model.head), len(data["train"].classes), cfg,
+    trainer = Trainer(TopAndHead(top, model.head), len(data["train"].classes), unmixed(cfg),
                       args.output / "partial")
     trainer.fit(train_set, val_set, resume=args.resume)
     trainer.load_best()

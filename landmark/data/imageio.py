@@ -51,7 +51,7 @@ def load_image(src: str | Path | BinaryIO, max_side: int | None = None) -> Image
                 img.draft("RGB", (max_side, max_side))
             img.seek(0)  # first frame of animated GIF/WebP
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
             return _to_rgb(img)
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: image too large ({e})") from e
