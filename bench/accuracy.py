@@ -14,29 +14,42 @@ from pathlib import Path
 
 from bench.report import update_section
 from landmark.data.layout import display_name
+from landmark.metrics import wilson_interval
 from train.evaluate import evaluate
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
+def _share(share: float, n: int) -> str:
+    """'0.961 (0.941–0.974)': a share with its 95% Wilson interval on n photos."""
+    if not n:
+        return f"{share:.3f}"
+    lo, hi = wilson_interval(share, n)
+    return f"{share:.3f} ({lo:.3f}–{hi:.3f})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--models", nargs="+", type=Path, default=sorted(MODELS.glob("*.pt")))
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    p.add_argument("--models", nargs="+", type=Path, default=sorted(MODELS.glob("*.pt")),
+                   help="model files (default: every models/*.pt)")
     args = p.parse_args()
     reports = {m.stem: evaluate(m, args.data, None) for m in args.models}
     lines = ["Test split (536 photos, 19 classes) and the held-out half of `unknown/` (276 "
-             "photos of other places, never used to choose anything).", "",
+             "photos of other places, never used to choose anything). In brackets: 95% Wilson "
+             "intervals, how far each share could move on another draw of as many photos.", "",
              "| model | top-1 | top-3 | ECE | open-set AUROC | known accepted | "
              "unknown rejected | threshold |", "|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         o = r.get("open_set", {})
-        lines.append(f"| {name} | {r['top1']:.4f} | {r['top3']:.4f} | {r['ece']:.4f} | "
-                     f"{o.get('auroc', float('nan')):.4f} | "
-                     f"{o.get('known_accepted', float('nan')):.3f} | "
-                     f"{o.get('unknown_rejected', float('nan')):.3f} | "
-                     f"{o.get('threshold', float('nan')):.3f} |")
+        nan = float("nan")
+        lines.append(f"| {name} | {_share(r['top1'], r['n'])} | {_share(r['top3'], r['n'])} | "
+                     f"{r['ece']:.4f} | {o.get('auroc', nan):.4f} | "
+                     f"{_share(o.get('known_accepted', nan), o.get('n_known', 0))} | "
+                     f"{_share(o.get('unknown_rejected', nan), o.get('n_unknown', 0))} | "
+                     f"{o.get('threshold', nan):.3f} |")
     names = list(reports)
     lines += ["", "Per-class test accuracy:", "",
               "| landmark | photos | " + " | ".join(names) + " |",

@@ -66,10 +66,11 @@ def user(url: str, photos: list[Path], model: str) -> tuple[list[float], int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    p.add_argument("--users", type=int, default=8, help="concurrent gradio_client users")
     p.add_argument("--requests", type=int, default=10, help="requests per user")
-    p.add_argument("--model", default="transfer")
+    p.add_argument("--model", default="transfer", help="bundled model the requests ask for")
     args = p.parse_args()
     photos = scan_split(args.data, "test").paths
     with socket.socket() as s:

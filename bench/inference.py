@@ -110,11 +110,13 @@ def bench_model(path: Path, photos: list[Path], batch: int, repeats: int = 3) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--models", nargs="+", default=["scratch", "transfer"])
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    p.add_argument("--models", nargs="+", default=["scratch", "transfer"],
+                   help="bundled model names or .pt files")
     p.add_argument("--photos", type=int, default=None,
                    help="test photos for throughput (default: all)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="photos per model call")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved rounds of the throughput figures (median reported)")
     args = p.parse_args()

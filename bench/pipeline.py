@@ -37,9 +37,11 @@ def time_epoch(trainer: Trainer, loader: DataLoader) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", default="landmark_resnet")
-    p.add_argument("--batches", type=int, default=15)
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    p.add_argument("--model", default="landmark_resnet",
+                   help="registry architecture to train (default %(default)s)")
+    p.add_argument("--batches", type=int, default=15, help="training batches timed per input")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: auto)")
     args = p.parse_args()
     model = create_model(args.model, 19)

@@ -22,11 +22,14 @@ from train import scratch
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs per architecture")
     p.add_argument("--models", nargs="+", default=["vgg_bn", "landmark_resnet_s",
-                                                     "landmark_resnet"])
-    p.add_argument("--out", type=Path, default=Path("bench/results/scratch_arch.md"))
+                                                     "landmark_resnet"],
+                   help="registry architectures to compare")
+    p.add_argument("--out", type=Path, default=Path("bench/results/scratch_arch.md"),
+                   help="markdown table to write")
     args = p.parse_args()
     rows = []
     for name in args.models:

@@ -20,11 +20,15 @@ from train import transfer
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "efficientnet_lite0",
-                                                     "efficientnet_lite1", "efficientnet_lite2"])
-    p.add_argument("--views", nargs="+", type=int, default=[1, 4])
-    p.add_argument("--out", type=Path, default=Path("bench/results/transfer_compare.md"))
+                                                     "efficientnet_lite1", "efficientnet_lite2"],
+                   help="backbones to compare")
+    p.add_argument("--views", nargs="+", type=int, default=[1, 4],
+                   help="augmented feature views per training photo to compare")
+    p.add_argument("--out", type=Path, default=Path("bench/results/transfer_compare.md"),
+                   help="markdown table to write")
     args = p.parse_args()
     store = args.out.with_suffix(".json")
     results = json.loads(store.read_text()) if store.exists() else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -30,3 +32,12 @@ def classification_report(probs: Tensor, labels: Tensor, classes: list[str]) -> 
     return {"n": len(labels), "top1": topk_accuracy(probs, labels, 1),
             "top3": topk_accuracy(probs, labels, 3), "per_class": per_class,
             "confusion": cm.tolist()}
+
+
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z = 1.96) Wilson score interval of a share observed on n photos."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

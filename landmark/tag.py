@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("tags.jsonl"),
                    help="output .jsonl or .csv (appended to; reruns resume)")
     p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="photos per model call (default 32)")
     p.add_argument("--workers", type=int, default=-1,
                    help="decoding processes (default -1: none on a machine with <= 2 cores, "
                         "where the main process decodes between batches, else cores - 1, "
