@@ -19,7 +19,7 @@ import json
 import math
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,6 +181,24 @@ def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor | No
     return batch, probs
 
 
+def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
+                finish: Callable[[Future], None]) -> None:
+    """Feed decoded batches to `streams` model threads; hand finished ones to `finish` in
+    order, with at most one batch waiting per stream."""
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(streams) as pool:
+        try:
+            for item in loader:
+                pending.append(pool.submit(_forward, predictor, item))
+                while len(pending) > streams:
+                    finish(pending.popleft())
+            while pending:
+                finish(pending.popleft())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # Ctrl-C: drop queued batches; reruns resume
+            raise
+
+
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
         workers: int = -1, exif_dir: Path | None = None) -> dict:
     """Tag `files` not yet in `out`; returns counts. Batches run on parallel model streams
@@ -194,7 +212,6 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
     writer = Writer(out)
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
-    pending: deque[Future] = deque()
 
     def finish(job: Future) -> None:
         for path, rec in _records(*job.result(), todo, predictor, k):
@@ -206,13 +223,8 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
         writer.flush()
 
     try:
-        with torch_threads(per_stream), ThreadPoolExecutor(streams) as pool:
-            for item in loader:
-                pending.append(pool.submit(_forward, predictor, item))
-                while len(pending) > streams:  # at most one batch waiting per stream
-                    finish(pending.popleft())
-            while pending:
-                finish(pending.popleft())
+        with torch_threads(per_stream):
+            _in_streams(loader, predictor, streams, finish)
     finally:
         bar.close()
         writer.close()

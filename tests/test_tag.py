@@ -130,3 +130,29 @@ def test_streams_keep_file_order_and_read_photo_gps(photos: Path, tiny_model: Pa
     gps = {r["file"]: r.get("photo_gps") for r in recs}
     assert gps.pop(str(one))["lat"] == pytest.approx(48.8584, abs=1e-4)
     assert not any(gps.values())
+
+
+def test_interrupt_drops_queued_batches() -> None:
+    """Ctrl-C while writing a batch: batches not yet started never run."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from landmark.tag import _in_streams
+    calls = []
+
+    def module(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        time.sleep(0.05)
+        return x.mean((1, 2, 3))
+
+    batches = [(torch.arange(2), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), ["", ""],
+                torch.zeros(2, 2)) for _ in range(20)]
+
+    def finish(_job: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _in_streams(batches, SimpleNamespace(module=module), 2, finish)
+    assert len(calls) < 3  # without cancelling, all three submitted batches would run
