@@ -4,8 +4,9 @@
 
 For each model file: single-photo latency p50/p95 (decode + preprocessing + model, the
 app's path), batch throughput of `python -m landmark.tag` over the test photos, and the
-model alone: TorchScript file vs the same weights in eager PyTorch vs the network's raw
-forward on random tensors at its crop size. Writes its section of BENCHMARKS.md.
+model alone: the network's raw forward on random tensors at its crop size, the TorchScript
+file (called with all threads, and on the single-threaded streams tagging uses), and the
+same weights in eager PyTorch. Writes its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
