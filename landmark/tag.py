@@ -202,8 +202,9 @@ def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
         workers: int = -1, exif_dir: Path | None = None) -> dict:
     """Tag `files` not yet in `out`; returns counts. Batches run on parallel model streams
-    (`stream_plan`) and are written in order; `workers` -1 picks decoding processes by
-    machine (`resolve_workers`), 0 decodes in the main process."""
+    (`stream_plan`; torch's intra-op thread count is lowered for the duration) and are
+    written in order; `workers` -1 picks decoding processes by machine
+    (`resolve_workers`), 0 decodes in the main process."""
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
     loader = DataLoader(PhotoDataset(todo, predictor), batch_size=batch,
