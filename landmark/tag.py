@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,18 @@ def stream_plan(threads: int) -> tuple[int, int]:
     return streams, max(1, threads // streams)
 
 
+def even_batches(n: int, batch: int, streams: int) -> list[range]:
+    """Indices 0..n-1 cut into near-equal batches of at most `batch` photos, as many as a
+    multiple of `streams`, so the last round keeps every stream busy (50 photos: 25 + 25,
+    not 32 + 18)."""
+    if n == 0:
+        return []
+    calls = -(-n // batch)
+    calls = -(-calls // streams) * streams
+    bounds = [round(i * n / calls) for i in range(calls + 1)]
+    return [range(a, b) for a, b in pairwise(bounds) if b > a]
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `n` intra-op threads, then restore the setting."""
@@ -201,15 +214,16 @@ def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
 
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
         workers: int = -1, exif_dir: Path | None = None) -> dict:
-    """Tag `files` not yet in `out`; returns counts. Batches run on parallel model streams
-    (`stream_plan`; torch's intra-op thread count is lowered for the duration) and are
-    written in order; `workers` -1 picks decoding processes by machine
-    (`resolve_workers`), 0 decodes in the main process."""
+    """Tag `files` not yet in `out`; returns counts. Batches of at most `batch` photos
+    (`even_batches`) run on parallel model streams (`stream_plan`; torch's intra-op thread
+    count is lowered for the duration) and are written in order; `workers` -1 picks
+    decoding processes by machine (`resolve_workers`), 0 decodes in the main process."""
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
-    loader = DataLoader(PhotoDataset(todo, predictor), batch_size=batch,
-                        num_workers=resolve_workers(workers, torch.device("cpu")))
     streams, per_stream = stream_plan(torch.get_num_threads())
+    loader = DataLoader(PhotoDataset(todo, predictor),
+                        batch_sampler=even_batches(len(todo), batch, streams),
+                        num_workers=resolve_workers(workers, torch.device("cpu")))
     writer = Writer(out)
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
@@ -266,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="output .jsonl or .csv (appended to; reruns resume)")
     p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="photos per model call (default 32)")
+                   help="most photos per model call (default 32)")
     p.add_argument("--workers", type=int, default=-1,
                    help="decoding processes (default -1: none on a machine with <= 2 cores, "
                         "where the main process decodes between batches, else cores - 1, "

@@ -156,3 +156,17 @@ def test_interrupt_drops_queued_batches() -> None:
     with pytest.raises(KeyboardInterrupt):
         _in_streams(batches, SimpleNamespace(module=module), 2, finish)
     assert len(calls) < 3  # without cancelling, all three submitted batches would run
+
+
+@pytest.mark.parametrize(("n", "batch", "streams"), [(536, 32, 2), (50, 32, 2), (3, 32, 2),
+                                                      (1000, 16, 8), (7, 2, 1), (0, 32, 2)])
+def test_even_batches_keep_every_stream_busy(n: int, batch: int, streams: int) -> None:
+    from landmark.tag import even_batches
+    parts = even_batches(n, batch, streams)
+    assert [i for part in parts for i in part] == list(range(n))  # each photo once, in order
+    sizes = [len(part) for part in parts]
+    assert all(0 < s <= batch for s in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    if n >= streams:
+        assert len(parts) % streams == 0
+    assert len(parts) < -(-n // batch) + streams  # no more calls than the last round needs
