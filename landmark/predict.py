@@ -18,6 +18,16 @@ from landmark.geotag import read_gps
 GENERIC_HASHTAGS = ("#travel", "#landmark")
 
 
+def upscale_tiny(img: Image.Image, side: int = 32) -> Image.Image:
+    """The contract wants photos of at least 32 px a side: upscale tinier ones, aspect
+    kept (bicubic); others pass unchanged."""
+    if min(img.size) >= side:
+        return img
+    scale = side / min(img.size)
+    return img.resize((max(side, round(img.width * scale)),
+                       max(side, round(img.height * scale))), Image.BICUBIC)
+
+
 class Predictor:
     """Loads one model file (the export contract) and returns top-k landmarks for photos."""
 
@@ -44,11 +54,8 @@ class Predictor:
         """(N, C) probabilities; photos of different sizes run one at a time."""
         out = []
         for img in images:
-            if min(img.size) < 32:  # the contract wants >= 32 px: upscale tiny images
-                scale = 32 / min(img.size)
-                img = img.resize((max(32, round(img.width * scale)),
-                                  max(32, round(img.height * scale))), Image.BICUBIC)
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+            x = torch.from_numpy(np.asarray(upscale_tiny(img)).copy()).permute(2, 0, 1)
+            x = x.float() / 255.0
             out.append(self.module(x[None]))
         return torch.cat(out)
 

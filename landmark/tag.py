@@ -34,7 +34,7 @@ from landmark.data.datasets import resolve_workers
 from landmark.data.imageio import ImageError
 from landmark.data.layout import list_images
 from landmark.geotag import geotag_jpeg, read_gps
-from landmark.predict import Predictor
+from landmark.predict import Predictor, upscale_tiny
 from landmark.presets import cache_image
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -83,10 +83,7 @@ class PhotoDataset(Dataset):
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e), no_gps
         gps = read_gps(img)  # the EXIF the decoder already read
         gps = torch.tensor(gps, dtype=torch.float64) if gps else no_gps
-        arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        if min(arr.shape[1:]) < 32:
-            img = img.resize((max(32, img.width), max(32, img.height)))
-            arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        arr = torch.from_numpy(np.asarray(upscale_tiny(img)).copy()).permute(2, 0, 1)
         return i, cache_image(arr, self.size, self.interpolation), "", gps
 
 

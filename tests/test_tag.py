@@ -170,3 +170,26 @@ def test_even_batches_keep_every_stream_busy(n: int, batch: int, streams: int) -
     if n >= streams:
         assert len(parts) % streams == 0
     assert len(parts) < -(-n // batch) + streams  # no more calls than the last round needs
+
+
+def test_tiny_photo_is_seen_as_the_app_sees_it(photos: Path, tiny_model: Path,
+                                               tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from landmark.predict import upscale_tiny
+    from landmark.presets import center_crop, resize_short
+    from landmark.tag import PhotoDataset
+    one = sorted((photos / "03.Eiffel_Tower").glob("*.jpg"))[0]
+    tiny = tmp_path / "tiny.png"
+    Image.open(one).convert("RGB").resize((48, 12)).save(tiny)
+    pred = Predictor(tiny_model)
+    square = PhotoDataset([tiny], pred)[0][1].float()
+    # the app: the upscaled photo goes whole into the model, which resizes and crops it
+    img = upscale_tiny(pred.load(tiny))
+    assert min(img.size) == 32 and img.size[0] == 4 * img.size[1]  # aspect kept
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float()
+    size = pred.metadata["preset"]["resize_size"]
+    app = center_crop(resize_short(x, size), size)[0]
+    assert (square - app).abs().mean() < 2.0
