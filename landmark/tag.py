@@ -184,10 +184,11 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor | None]:
+def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor]:
+    """(batch, probabilities of its readable photos, in order)."""
     ok = [j for j, e in enumerate(batch[2]) if not e]
     with torch.no_grad():
-        probs = predictor.module(batch[1][ok].float() / 255.0) if ok else None
+        probs = predictor.module(batch[1][ok].float() / 255.0) if ok else torch.empty(0)
     return batch, probs
 
 
@@ -243,19 +244,18 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
     return counts
 
 
-def _records(batch: list, probs: torch.Tensor | None, todo: list[Path], predictor: Predictor,
+def _records(batch: list, probs: torch.Tensor, todo: list[Path], predictor: Predictor,
              k: int) -> Iterator[tuple[Path, dict]]:
     """(file, record) for every photo of a decoded batch, in order."""
     idx, _, errors, gps = batch
-    ok = [j for j, e in enumerate(errors) if not e]
-    for pos, (i, err) in enumerate(zip(idx.tolist(), errors, strict=True)):
+    rows = iter(probs)  # one per readable photo
+    for i, err, (lat, lon) in zip(idx.tolist(), errors, gps.tolist(), strict=True):
         path = todo[i]
         if err:
             yield path, {"file": str(path), "error": err}
             continue
-        lat, lon = gps[pos].tolist()
         yield path, {"file": str(path), **predictor.record(
-            probs[ok.index(pos)], k, None if math.isnan(lat) else (lat, lon))}
+            next(rows), k, None if math.isnan(lat) else (lat, lon))}
 
 
 def _write_exif(path: Path, rec: dict, folder: Path) -> None:
