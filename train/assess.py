@@ -98,11 +98,15 @@ def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: f
 
 
 def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
-           calibrate: bool, accept_known: float, exposure: bool = False) -> tuple[dict, dict]:
+           calibrate: bool, accept_known: float, exposure: bool = False,
+           threshold: tuple[float, str] | None = None) -> tuple[dict, dict]:
     """Choose flip, temperature and threshold without the test split; report every split.
     With outlier `exposure`, the unknown photos the network trained on are left out.
+    A given `threshold` (value, where it came from) replaces the one chosen on validation.
 
-    Returns (report, export settings {flip, temperature, reject_threshold})."""
+    Returns (report, export settings {flip, temperature, reject_threshold, background}
+    and `heldout`: the shipped probabilities of the validation photos and the top
+    probabilities of the tuning unknown photos, for cross-validation)."""
     # training photos are only needed for the feature-space open-set scores
     out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
            for k, d in data.items()
@@ -136,19 +140,24 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
             report[k]["ece_after"] = expected_calibration_error(probs[k], data[k].labels)
             report[k]["reliability_before"] = reliability_bins(raw[k], data[k].labels)
             report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
-    threshold = reject_threshold(probs["val"].max(1).values, accept_known,
-                                 probs["unknown"][tune].max(1).values
-                                 if "unknown" in data else None)
+    unknown_tune = probs["unknown"][tune].max(1).values if "unknown" in data else None
+    rule = (f"threshold: most validation photos accepted + tuning unknown photos rejected "
+            f"(shares), keeping at least {accept_known:.0%} of validation photos")
+    if threshold is None:
+        threshold = reject_threshold(probs["val"].max(1).values, accept_known, unknown_tune)
+    else:
+        threshold, rule = threshold[0], f"threshold from {threshold[1]}"
     if "unknown" in data:
         _open_set(report, data, Outputs(used, probs, feats, temperature), threshold,
-                  accept_known, parts)
+                  rule, parts)
     settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
-                "background": background}
+                "background": background,
+                "heldout": {"val": probs["val"], "unknown_tune": unknown_tune}}
     return report, settings
 
 
 def _open_set(report: dict, data: dict[str, CachedSplit], out: Outputs, threshold: float,
-              accept_known: float, parts: dict[str, list[int]]) -> None:
+              rule: str, parts: dict[str, list[int]]) -> None:
     """Record the threshold on val + unknown-tune, and every score's AUROC on tuning
     photos (where the shipped score is chosen) and on test + unknown-hold."""
     views, probs, feats, temperature = out.views, out.probs, out.feats, out.temperature
@@ -165,9 +174,7 @@ def _open_set(report: dict, data: dict[str, CachedSplit], out: Outputs, threshol
            for name in ("prototype_cosine", "nearest_photo_cosine") if by_feature},
     }
     report["open_set"] = {
-        "rule": f"accept when top probability >= threshold; threshold: most validation "
-                f"photos accepted + tuning unknown photos rejected (shares), keeping at "
-                f"least {accept_known:.0%} of validation photos",
+        "rule": f"accept when top probability >= threshold; {rule}",
         "tune": open_set_report(probs["val"].max(1).values,
                                 probs["unknown"][tune].max(1).values, threshold),
         "report_on": f"{known} split + held-out half of unknown/",

@@ -55,6 +55,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                    help="dataset root holding train/NN.Class/*.jpg (and test/ for figures)")
     d.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of each training class held out for validation (default 0.1)")
+    d.add_argument("--fold", type=fold_arg, default=None, metavar="I/K",
+                   help="hold out part I of K of every class for validation instead of "
+                        "--val-fraction (k-fold cross-validation, I from 0; "
+                        "python -m train.crossval runs all K)")
     d.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="where decoded, resized photos are cached (default %(default)s)")
     d.add_argument("--no-cache", action="store_true", help="decode photos without caching")
@@ -87,10 +91,24 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                         "(token: HF_TOKEN or a saved login)")
     o.add_argument("--no-calibrate", action="store_true",
                    help="skip temperature scaling on the validation split")
+    o.add_argument("--threshold-from", type=Path, default=None, metavar="CROSSVAL.json",
+                   help="ship the reject threshold that python -m train.crossval chose on "
+                        "out-of-fold photos instead of choosing one on validation")
     o.add_argument("--accept-known", type=float, default=0.95,
                    help="share of validation photos the reject threshold must keep at least; "
                         "with unknown photos, the threshold then maximises known accepted + "
                         "unknown rejected on the tuning photos (default %(default)s)")
+
+
+def fold_arg(text: str) -> tuple[int, int]:
+    """'I/K' -> (I, K), with 0 <= I < K and K >= 2."""
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 0/5, got {text!r}") from None
+    if k < 2 or not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"fold {text}: need K >= 2 and 0 <= I < K")
+    return i, k
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -105,11 +123,13 @@ def setup_logging() -> None:
 def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSplit]:
     """Scan the dataset, carve validation out of train, decode/cache train, val and test."""
     full = scan_split(args.data, "train")
-    train, val = stratified_split(full, args.val_fraction, args.seed)
+    train, val = stratified_split(full, args.val_fraction, args.seed, fold=args.fold)
     if not val.paths:
-        raise DatasetError(f"--val-fraction {args.val_fraction} leaves no validation photos "
+        held = (f"--fold {args.fold[0]}/{args.fold[1]}", "add photos") if args.fold else \
+            (f"--val-fraction {args.val_fraction}", "raise it or add photos")
+        raise DatasetError(f"{held[0]} leaves no validation photos "
                            f"({len(full.paths)} photos in {len(full.classes)} classes); "
-                           "raise it or add photos")
+                           f"{held[1]}")
     splits = {"train": train, "val": val}
     if (args.data / "test").is_dir():
         splits["test"] = scan_split(args.data, "test", classes=full.classes)
@@ -143,6 +163,7 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     cfg, preset = config_from_args(args), model.preset
     command = "python -m " + " ".join(shlex.quote(a) for a in [f"train.{name}", *sys.argv[1:]])
     log.info("%s", command)
+    threshold = given_threshold(args.threshold_from)  # a bad file fails now, not after training
     try:
         data = load_splits(args, preset)
     except DatasetError as e:
@@ -160,7 +181,9 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
         return {}
     net = net.cpu().eval()
     report, settings = assess(net, preset, data, args.tta, not args.no_calibrate,
-                              args.accept_known, exposure="outliers" in data)
+                              args.accept_known, exposure="outliers" in data,
+                              threshold=threshold)
+    write_heldout(args.output / "heldout.json", data, settings.pop("heldout"), args.fold)
     report.update(train_seconds=trained.get("train_seconds"), **info)
     if "outliers" in data:
         report["outlier_exposure"] = {"weight": cfg.outlier_weight,
@@ -194,6 +217,30 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
              f", test top-1 {report['test']['top1']:.4f} top-3 {report['test']['top3']:.4f}"
              if "test" in report else "")
     return report
+
+
+def given_threshold(path: Path | None) -> tuple[float, str] | None:
+    """(reject threshold, its origin) from a train.crossval summary, or None."""
+    if path is None:
+        return None
+    try:
+        cv = json.loads(path.read_text())
+        return float(cv["reject_threshold"]), f"{cv['folds']}-fold cross-validation ({path})"
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"error: --threshold-from {path}: not a train.crossval summary ({e})")
+
+
+def write_heldout(path: Path, data: dict[str, CachedSplit], heldout: dict,
+                  fold: tuple[int, int] | None) -> None:
+    """The validation photos' shipped probabilities and the tuning unknown photos' top
+    probabilities: what train.crossval pools across folds."""
+    unknown = heldout["unknown_tune"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "fold": list(fold) if fold else None, "classes": data["val"].classes,
+        "paths": [str(p) for p in data["val"].paths], "labels": data["val"].labels.tolist(),
+        "probs": heldout["val"].round(decimals=6).tolist(),
+        "unknown_tune": None if unknown is None else unknown.round(decimals=6).tolist()}))
 
 
 def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],

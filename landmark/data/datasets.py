@@ -12,16 +12,26 @@ from torch.utils.data import Dataset
 from landmark.data.layout import Split
 
 
-def stratified_split(split: Split, val_fraction: float, seed: int = 0) -> tuple[Split, Split]:
-    """Carve a validation split out of `split`, the same share of every class, seeded."""
+def stratified_split(split: Split, val_fraction: float, seed: int = 0,
+                     fold: tuple[int, int] | None = None) -> tuple[Split, Split]:
+    """Carve a validation split out of `split`, the same share of every class, seeded.
+
+    With `fold=(i, k)`, validation is instead part i of every class cut into k near-equal
+    parts of the same seeded order, so the k folds hold out each photo exactly once
+    (k-fold cross-validation); classes of one photo always stay in training."""
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
     for c in range(len(split.classes)):
         idx = [i for i, y in enumerate(split.labels) if y == c]
-        order = torch.randperm(len(idx), generator=gen).tolist()
-        n_val = round(len(idx) * val_fraction) if len(idx) > 1 else 0
-        val_idx += [idx[i] for i in order[:n_val]]
-        train_idx += [idx[i] for i in order[n_val:]]
+        order = [idx[i] for i in torch.randperm(len(idx), generator=gen).tolist()]
+        if len(idx) < 2:
+            lo = hi = 0
+        elif fold is None:
+            lo, hi = 0, round(len(idx) * val_fraction)
+        else:
+            lo, hi = (round(len(idx) * j / fold[1]) for j in (fold[0], fold[0] + 1))
+        val_idx += order[lo:hi]
+        train_idx += order[:lo] + order[hi:]
 
     def pick(ids: Sequence[int]) -> Split:
         ids = sorted(ids)
