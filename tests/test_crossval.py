@@ -13,7 +13,7 @@ from landmark.calibration import reject_threshold
 from landmark.data import scan_split, stratified_split
 from landmark.export import load_exported
 from tests.conftest import REPO, SHARED
-from train.crossval import summarize
+from train.crossval import fold_env, summarize
 
 TINY = ["--model", "tiny_cnn", "--epochs", "2", "--batch-size", "8", "--workers", "0"]
 
@@ -103,3 +103,12 @@ def test_crossval_reports_a_failed_fold_and_owned_options(tiny_data: Path,
                "--threshold-from", str(tmp_path / "missing.json"))  # fails before training
     assert res.returncode == 1 and "not a train.crossval summary" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_side_by_side_folds_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert fold_env(5)["OMP_NUM_THREADS"] == "3" and fold_env(32)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in fold_env(1)  # one fold at a time: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert fold_env(5)["OMP_NUM_THREADS"] == "7"  # the user's setting wins

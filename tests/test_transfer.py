@@ -156,3 +156,13 @@ def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_pat
              if k.startswith("net.backbone.")}
     assert torch.equal(tuned["conv_stem.weight"], pretrained["conv_stem.weight"])
     assert not torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"])
+    # the run folder exports again (its stages keep their checkpoints in subfolders)
+    again = subprocess.run(
+        [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
+         "efficientnet_lite0", "--strategy", "partial", "--output", str(out), "--export-only",
+         "--export", str(tmp_path / "again.pt"), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    x = torch.rand(2, 3, 64, 48)
+    assert torch.allclose(load_exported(tmp_path / "again.pt").module(x), exported.module(x),
+                          atol=1e-6)

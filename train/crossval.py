@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -74,6 +75,15 @@ def fold_command(args: argparse.Namespace, fold: int) -> list[str]:
             "--resume"]
 
 
+def fold_env(jobs: int) -> dict[str, str]:
+    """The environment of a fold run: folds running side by side share the CPU cores
+    (unless OMP_NUM_THREADS is set) instead of each starting a thread per core."""
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
 def run_fold(args: argparse.Namespace, fold: int) -> dict:
     """Train and assess one fold (unless it already finished); its heldout.json."""
     out = args.output / f"fold{fold}"
@@ -86,7 +96,8 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
     log.info("fold %d/%d: %s  (log: %s)", fold, args.folds, shlex.join(["python", *cmd[1:]]),
              out / "train.log")
     with open(out / "train.log", "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=fold_env(args.jobs)
+                            ).returncode
     if rc != 0 or not heldout.is_file():
         tail = (out / "train.log").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"fold {fold} failed (exit {rc}); its log ends:\n  "

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from landmark import checkpoint
 from landmark.data.cache import CachedSplit
 from landmark.engine import TrainConfig, Trainer, resolve_device
 from landmark.features import cached_features
@@ -113,15 +115,28 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
                                      feature_views=args.feature_views)
 
 
+def keep_whole(args: argparse.Namespace, model: nn.Module, stage: str, info: dict,
+               cfg: TrainConfig) -> None:
+    """Write the whole network's best weights and the stage's metrics where a fine-tuning
+    run keeps them (OUTPUT/best.pt, OUTPUT/metrics.csv), for --export-only."""
+    if info["rank"] == 0:
+        checkpoint.save_atomic({"epoch": info["best_epoch"], "model": model.state_dict(),
+                                "config": {"outlier_weight": cfg.outlier_weight}},
+                               args.output / "best.pt")
+        shutil.copyfile(args.output / stage / "metrics.csv", args.output / "metrics.csv")
+
+
 def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
                  cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
     """Head on frozen features; with --strategy finetune, then every layer end to end."""
     model.backbone.requires_grad_(False)
     if args.strategy == "partial":
         history, info = train_top(args, model, data, cfg)
+        keep_whole(args, model, "partial", info, cfg)
         return model, history, info
     history, info = train_head(args, model, data, cfg)
     if args.strategy == "frozen":
+        keep_whole(args, model, "head", info, cfg)
         return model, history, info
     model.backbone.requires_grad_(True)
     net, history, ft_info = fit_images(args, model, data, cfg)
