@@ -1,4 +1,4 @@
-"""PNG figures: training curves and the confusion matrix."""
+"""PNG figures: training curves, the confusion matrix, reliability and threshold trade-off."""
 
 from __future__ import annotations
 
@@ -71,5 +71,27 @@ def reliability_png(before: list[dict], after: list[dict], path: str | Path,
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def threshold_png(known: list[float], unknown: list[float], threshold: float,
+                  path: str | Path, title: str = "") -> Path:
+    """Share of known photos accepted and of unknown photos rejected at every threshold
+    on the top probability, with the chosen one marked."""
+    grid = [i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(grid, [sum(s >= t for s in known) / len(known) for t in grid],
+            label=f"known photos accepted ({len(known)})")
+    if unknown:
+        ax.plot(grid, [sum(s < t for s in unknown) / len(unknown) for t in grid],
+                label=f"unknown photos rejected ({len(unknown)})")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("reject threshold on the top probability")
+    ax.set_ylabel("share")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
     ax.set_title(title)
     return _save(fig, path)

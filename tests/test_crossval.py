@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from landmark.calibration import reject_threshold
 from landmark.data import scan_split, stratified_split
@@ -75,6 +76,8 @@ def test_crossval_cli_pools_resumes_and_ships_its_threshold(tiny_data: Path,
     assert sorted(held[0]["paths"] + held[1]["paths"]) == train_photos
     assert cv["n"] == len(train_photos) == 16 and len(cv["fold_top1"]) == 2
     assert "2-fold cross-validation, 16 out-of-fold photos" in res.stdout
+    with Image.open(out / "threshold.png") as png:  # the trade-off plot
+        assert png.format == "PNG" and png.width > 300
 
     again = _run("train.crossval", *args)  # finished folds are reused, not retrained
     assert again.returncode == 0 and again.stderr.count("finished earlier") == 2

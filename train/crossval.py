@@ -11,7 +11,8 @@ Runs `python -m train.TRAINER ARGS --fold I/K --output OUTPUT/foldI` for every f
 so rerunning the command continues), then writes OUTPUT/crossval.json: out-of-fold top-1
 and top-3 with 95% Wilson intervals, ECE, every fold's top-1, and the reject threshold
 chosen on all out-of-fold photos + the tuning unknown photos by the rule a single run
-uses. Ship that threshold with a finished run of the same recipe:
+uses; OUTPUT/threshold.png plots known accepted and unknown rejected at every threshold.
+Ship that threshold with a finished run of the same recipe:
   python -m train.TRAINER ARGS --export-only --threshold-from OUTPUT/crossval.json
 
 Examples:
@@ -30,11 +31,13 @@ import os
 import shlex
 import subprocess
 import sys
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from landmark import plots
 from landmark.calibration import expected_calibration_error, open_set_report, reject_threshold
 from landmark.metrics import topk_accuracy, wilson_interval
 from train.pipeline import setup_logging
@@ -102,7 +105,11 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
         tail = (out / "train.log").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"fold {fold} failed (exit {rc}); its log ends:\n  "
                            + "\n  ".join(tail))
-    return json.loads(heldout.read_text())
+    held = json.loads(heldout.read_text())
+    log.info("fold %d/%d: held-out top-1 %.4f on %d photos", fold, args.folds,
+             topk_accuracy(torch.tensor(held["probs"]), torch.tensor(held["labels"])),
+             len(held["labels"]))
+    return held
 
 
 def summarize(heldouts: list[dict], accept_known: float) -> dict:
@@ -137,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_fold, args, i) for i in range(args.folds)]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for f in futures:  # after a failure, start no further folds
-            f.cancel()
+        for f in tqdm(as_completed(futures), total=args.folds, desc="folds", unit="fold"):
+            if f.exception():  # start no further folds
+                for g in futures:
+                    g.cancel()
+                break
     failed = [f.exception() for f in futures if not f.cancelled() and f.exception()]
     if failed:
         sys.exit(f"error: {failed[0]}\nrerun the same command to resume")
@@ -147,6 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"command": shlex.join(["python", "-m", "train.crossval", *sys.argv[1:]]),
                **summarize(heldouts, args.accept_known)}
     (args.output / "crossval.json").write_text(json.dumps(summary, indent=2))
+    plots.threshold_png([max(r) for h in heldouts for r in h["probs"]],
+                        [s for h in heldouts for s in h["unknown_tune"] or []],
+                        summary["reject_threshold"], args.output / "threshold.png",
+                        title=f"{args.trainer}: {summary['folds']}-fold, out-of-fold photos")
     print(format_summary(summary))
     return summary
 
