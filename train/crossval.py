@@ -91,9 +91,10 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
     """Train and assess one fold (unless it already finished); its heldout.json."""
     out = args.output / f"fold{fold}"
     heldout = out / "heldout.json"
-    if heldout.is_file() and json.loads(heldout.read_text())["fold"] == [fold, args.folds]:
+    earlier = json.loads(heldout.read_text()) if heldout.is_file() else {}
+    if earlier.get("fold") == [fold, args.folds]:
         log.info("fold %d/%d: finished earlier, reusing %s", fold, args.folds, heldout)
-        return json.loads(heldout.read_text())
+        return earlier
     out.mkdir(parents=True, exist_ok=True)
     cmd = fold_command(args, fold)
     log.info("fold %d/%d: %s  (log: %s)", fold, args.folds, shlex.join(["python", *cmd[1:]]),
@@ -107,9 +108,21 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
                            + "\n  ".join(tail))
     held = json.loads(heldout.read_text())
     log.info("fold %d/%d: held-out top-1 %.4f on %d photos", fold, args.folds,
-             topk_accuracy(torch.tensor(held["probs"]), torch.tensor(held["labels"])),
-             len(held["labels"]))
+             heldout_top1(held), len(held["labels"]))
     return held
+
+
+def heldout_top1(held: dict) -> float:
+    """Top-1 of one fold's held-out photos."""
+    return topk_accuracy(torch.tensor(held["probs"]), torch.tensor(held["labels"]))
+
+
+def pooled(heldouts: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, labels) of every out-of-fold photo and every fold's tuning-unknown
+    top probabilities."""
+    return (torch.tensor([row for h in heldouts for row in h["probs"]]),
+            torch.tensor([y for h in heldouts for y in h["labels"]]),
+            torch.tensor([s for h in heldouts for s in h["unknown_tune"] or []]))
 
 
 def summarize(heldouts: list[dict], accept_known: float) -> dict:
@@ -119,18 +132,15 @@ def summarize(heldouts: list[dict], accept_known: float) -> dict:
     if len(set(paths)) != len(paths):
         raise ValueError("fold runs held out overlapping photos: were they run with "
                          "different --seed or data?")
-    probs = torch.tensor([row for h in heldouts for row in h["probs"]])
-    labels = torch.tensor([y for h in heldouts for y in h["labels"]])
+    probs, labels, unknown = pooled(heldouts)
     known = probs.max(1).values
-    unknown = torch.tensor([s for h in heldouts for s in h["unknown_tune"] or []])
     threshold = reject_threshold(known, accept_known, unknown)
     top1, top3 = topk_accuracy(probs, labels, 1), topk_accuracy(probs, labels, 3)
     summary = {"folds": len(heldouts), "n": len(labels),
                "top1": top1, "top1_interval": wilson_interval(top1, len(labels)),
                "top3": top3, "top3_interval": wilson_interval(top3, len(labels)),
                "ece": expected_calibration_error(probs, labels),
-               "fold_top1": [topk_accuracy(torch.tensor(h["probs"]), torch.tensor(h["labels"]))
-                             for h in heldouts],
+               "fold_top1": [heldout_top1(h) for h in heldouts],
                "reject_threshold": threshold,
                "rule": f"most out-of-fold photos accepted + tuning unknown photos rejected "
                        f"(shares), keeping at least {accept_known:.0%} of out-of-fold photos"}
@@ -156,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"command": shlex.join(["python", "-m", "train.crossval", *sys.argv[1:]]),
                **summarize(heldouts, args.accept_known)}
     (args.output / "crossval.json").write_text(json.dumps(summary, indent=2))
-    plots.threshold_png([max(r) for h in heldouts for r in h["probs"]],
-                        [s for h in heldouts for s in h["unknown_tune"] or []],
+    probs, _, unknown = pooled(heldouts)
+    plots.threshold_png(probs.max(1).values.tolist(), unknown.tolist(),
                         summary["reject_threshold"], args.output / "threshold.png",
                         title=f"{args.trainer}: {summary['folds']}-fold, out-of-fold photos")
     print(format_summary(summary))
