@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 from bench.report import update_section
+from landmark.cli import add_data_arg
 from landmark.data.layout import display_name
 from landmark.metrics import wilson_interval
+from landmark.resolve import bundled, resolve
 from train.evaluate import evaluate
-
-MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def _share(share: float, n: int) -> str:
@@ -31,12 +31,11 @@ def _share(share: float, n: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
-    p.add_argument("--models", nargs="+", type=Path, default=sorted(MODELS.glob("*.pt")),
-                   help="model files (default: every models/*.pt)")
+    add_data_arg(p)
+    p.add_argument("--models", nargs="+", default=sorted(bundled()),
+                   help="model names or .pt files (default: every bundled model)")
     args = p.parse_args()
-    reports = {m.stem: evaluate(m, args.data, None) for m in args.models}
+    reports = {Path(m).stem: evaluate(resolve(m), args.data, None) for m in args.models}
     lines = ["Test split (536 photos, 19 classes) and the held-out half of `unknown/` (276 "
              "photos of other places, never used to choose anything). In brackets: 95% Wilson "
              "intervals, how far each share could move on another draw of as many photos.", "",

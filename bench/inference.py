@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 from bench.report import update_section
+from landmark.cli import add_data_arg
 from landmark.data import scan_split
 from landmark.export import ExportedClassifier, load_exported
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
 from landmark.predict import Predictor
 from landmark.presets import Preset
+from landmark.resolve import MODELS_DIR, resolve
 from landmark.tag import run as tag_run
 from landmark.tag import stream_plan, torch_threads
-
-MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -111,8 +111,7 @@ def bench_model(path: Path, photos: list[Path], batch: int, repeats: int = 3) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    add_data_arg(p)
     p.add_argument("--models", nargs="+", default=["scratch", "transfer"],
                    help="bundled model names or .pt files")
     p.add_argument("--photos", type=int, default=None,
@@ -125,10 +124,10 @@ def main() -> None:
     streams, _ = stream_plan(torch.get_num_threads())
     rows = []
     for name in args.models:
-        path = Path(name) if name.endswith(".pt") else MODELS / f"{name}.pt"
+        path = resolve(name)
         r = bench_model(path, photos, args.batch_size, args.repeats)
         best = max(r[k] for k in ("torchscript", "streams", "eager", "raw forward"))
-        label = path.name if path.parent == MODELS else f"{path.parent.name}/{path.name}"
+        label = path.name if path.parent == MODELS_DIR else f"{path.parent.name}/{path.name}"
         rows.append(f"| {label} | {r['arch']} | {'yes' if r['flip'] else 'no'} | "
                     f"{r['p50']:.0f} | {r['p95']:.0f} | {r['tag']:.1f} | "
                     f"{r['raw forward']:.1f} | {r['torchscript']:.1f} | {r['streams']:.1f} | "

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from bench.report import update_section
+from landmark.cli import add_data_arg
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
 from landmark.data.datasets import resolve_workers
@@ -37,8 +38,7 @@ def time_epoch(trainer: Trainer, loader: DataLoader) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    add_data_arg(p)
     p.add_argument("--model", default="landmark_resnet",
                    help="registry architecture to train (default %(default)s)")
     p.add_argument("--batches", type=int, default=15, help="training batches timed per input")

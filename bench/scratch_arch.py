@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from landmark.cli import add_data_arg
 from landmark.models import create_model
 from train import scratch
 
@@ -22,8 +23,7 @@ from train import scratch
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    add_data_arg(p)
     p.add_argument("--epochs", type=int, default=15, help="epochs per architecture")
     p.add_argument("--models", nargs="+", default=["vgg_bn", "landmark_resnet_s",
                                                      "landmark_resnet"],

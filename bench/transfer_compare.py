@@ -14,14 +14,14 @@ import json
 import time
 from pathlib import Path
 
+from landmark.cli import add_data_arg
 from train import transfer
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="dataset root in the Udacity layout (train/, test/, unknown/)")
+    add_data_arg(p)
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "efficientnet_lite0",
                                                      "efficientnet_lite1", "efficientnet_lite2"],
                    help="backbones to compare")

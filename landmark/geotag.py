@@ -1,17 +1,29 @@
-"""EXIF GPS: read it from photos, and write it into JPEGs without touching the pixels."""
+"""EXIF GPS: read it from photos, and write it into copies of JPEGs through exiv2.
+
+Writing goes through pyexiv2 (exiv2), never hand-spliced segments: exiv2 keeps every
+other tag, copies the compressed pixels byte for byte and, when the EXIF block would
+pass the 64 KB JPEG segment limit, leaves out the tags too large to fit (thumbnails,
+maker notes) instead of failing.
+"""
 
 from __future__ import annotations
 
 import io
-import struct
+import math
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
+import pyexiv2
 from PIL import Image
-from PIL.TiffImagePlugin import IFDRational
 
 GPS_IFD = 0x8825
-IMAGE_DESCRIPTION = 0x010E
+_exiv2 = threading.Lock()  # exiv2's Python binding is not documented as thread-safe
+pyexiv2.set_log_level(4)  # its warnings go to stdout; failures still raise
+
+
+class GeotagError(ValueError):
+    """A photo whose EXIF cannot be rewritten; the message says why."""
 
 
 def _to_degrees(value: tuple, ref: str) -> float:
@@ -20,53 +32,71 @@ def _to_degrees(value: tuple, ref: str) -> float:
     return -deg if ref in ("S", "W") else deg
 
 
+def valid_gps(lat: float, lon: float) -> bool:
+    """A position a camera could have written: finite, in range, and not the (0, 0) that
+    broken GPS chips write."""
+    return (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180
+            and (lat, lon) != (0.0, 0.0))
+
+
 def read_gps(src: str | Path | BinaryIO | Image.Image) -> tuple[float, float] | None:
-    """(lat, lon) from a photo's EXIF GPS block, or None when it has none."""
+    """(lat, lon) from a photo's EXIF GPS block, or None when it has no valid one."""
     try:
         img = src if isinstance(src, Image.Image) else Image.open(src)
         gps = img.getexif().get_ifd(GPS_IFD)
         if 2 not in gps or 4 not in gps:
             return None
-        return (round(_to_degrees(gps[2], gps.get(1, "N")), 6),
-                round(_to_degrees(gps[4], gps.get(3, "E")), 6))
+        lat = _to_degrees(gps[2], gps.get(1, "N"))
+        lon = _to_degrees(gps[4], gps.get(3, "E"))
     except (OSError, ValueError, TypeError, ZeroDivisionError, KeyError):
         return None
+    return (round(lat, 6), round(lon, 6)) if valid_gps(lat, lon) else None
 
 
-def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
+def _dms(value: float) -> str:
+    """Degrees as exiv2's rational triple 'D/1 M/1 S/1000'."""
     value = abs(value)
     d = int(value)
     m = int((value - d) * 60)
     s = round((value - d - m / 60) * 3600 * 1000)
-    return IFDRational(d, 1), IFDRational(m, 1), IFDRational(s, 1000)
-
-
-def _segments(data: bytes) -> tuple[list[bytes], bytes]:
-    """Split a JPEG into its header segments (after SOI) and the rest from SOS on."""
-    if data[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG file")
-    pos, segments = 2, []
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:  # start of scan: entropy-coded pixels follow
-            break
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        segments.append(data[pos:pos + 2 + length])
-        pos += 2 + length
-    return segments, data[pos:]
+    return f"{d}/1 {m}/1 {s}/1000"
 
 
 def geotag_jpeg(data: bytes, lat: float, lon: float, description: str) -> bytes:
-    """A copy of JPEG `data` whose EXIF carries GPS and a description; the compressed
-    image data is copied byte for byte (no re-encoding). Other EXIF fields are kept."""
-    segments, scan = _segments(data)
-    exif = Image.open(io.BytesIO(data)).getexif()
-    exif[IMAGE_DESCRIPTION] = description
-    gps = exif.get_ifd(GPS_IFD)
-    gps.update({0: b"\x02\x03\x00\x00", 1: "N" if lat >= 0 else "S", 2: _dms(lat),
-                3: "E" if lon >= 0 else "W", 4: _dms(lon)})
-    payload = exif.tobytes()  # already starts with the b"Exif\0\0" header
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    kept = [s for s in segments if not (s[1] == 0xE1 and s[4:10] == b"Exif\x00\x00")]
-    at = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF APP0, if any
-    return b"\xff\xd8" + b"".join(kept[:at]) + app1 + b"".join(kept[at:]) + scan
+    """A copy of JPEG `data` with `description` and, unless the photo already has a valid
+    GPS position of its own (which is never overwritten), the GPS position (lat, lon).
+    The compressed image data and every other tag are kept. Raises GeotagError."""
+    if data[:2] != b"\xff\xd8":
+        raise GeotagError("not a JPEG file")
+    tags = {"Exif.Image.ImageDescription": description}
+    if read_gps(io.BytesIO(data)) is None:
+        tags.update({"Exif.GPSInfo.GPSVersionID": "2 3 0 0",
+                     "Exif.GPSInfo.GPSLatitudeRef": "N" if lat >= 0 else "S",
+                     "Exif.GPSInfo.GPSLatitude": _dms(lat),
+                     "Exif.GPSInfo.GPSLongitudeRef": "E" if lon >= 0 else "W",
+                     "Exif.GPSInfo.GPSLongitude": _dms(lon)})
+    try:
+        with _exiv2, pyexiv2.ImageData(data) as img:
+            img.modify_exif(tags)
+            return img.get_bytes()
+    except (RuntimeError, ValueError, OSError) as e:
+        raise GeotagError(f"cannot write EXIF: {e}") from None
+
+
+def geotagged_copy(photo: Path, result: dict, dest: Path) -> Path | None:
+    """Write to `dest` a copy of JPEG `photo` geotagged with `result`'s landmark (a tag
+    record); None, writing nothing, when the photo is no JPEG or no landmark is known.
+    Raises GeotagError when the photo's EXIF cannot be rewritten."""
+    loc = result.get("location")
+    if not loc or not result.get("known"):
+        return None
+    data = photo.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    name = result["predictions"][0]["landmark"]
+    out = geotag_jpeg(data, loc["lat"], loc["lon"], f"{name}, {loc['city']}, {loc['country']}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_bytes(out)
+    tmp.replace(dest)
+    return dest

@@ -120,7 +120,12 @@ def push(model_path: str | Path, repo_id: str, *, endpoint: str | None = None,
     """Create `repo_id` if needed and upload the model, config and card in one commit.
     Returns the commit id."""
     model_path = Path(model_path)
-    model = load_exported(model_path)
+    if not model_path.is_file():
+        raise HubError(f"{model_path}: no such model file")
+    try:
+        model = load_exported(model_path)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise HubError(f"{model_path}: not an exported model file ({_short(e)[:120]})") from None
     meta = model.metadata
     stem = model_path.with_suffix("")
     report_path = Path(f"{stem}.report.json")
@@ -205,11 +210,28 @@ def pull(repo_id: str, revision: str | None = None, dest: str | Path | None = No
         raise HubError(f"{repo_id} changed during the download; pull again")
     try:
         verify(path, sibling)
+        contract_problem(path, repo_id)
     except HubError:
-        path.unlink(missing_ok=True)  # never leave a bad file in the cache
+        _evict(path)  # never leave a bad file in the cache
         raise
     log.info("pulled %s@%s", repo_id, info.sha[:8])
     return _copy_to(path, dest, repo_id) if dest else path
+
+
+def contract_problem(path: Path, repo_id: str) -> None:
+    """Raise HubError unless `path` loads under the export contract."""
+    try:
+        load_exported(path)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise HubError(f"{repo_id}: {MODEL_FILE} is not a Landmark Tagger model file "
+                       f"({_short(e)[:120]})") from None
+
+
+def _evict(path: Path) -> None:
+    """Remove a cached file: the snapshot link and the blob it points to."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 
 def _copy_to(path: Path, dest: str | Path, repo_id: str) -> Path:
@@ -226,10 +248,16 @@ def cached(repo_id: str, revision: str | None = None, cache_dir: str | Path | No
            ) -> Path | None:
     """The model file from huggingface_hub's cache, if an earlier pull left one."""
     try:
-        return Path(hf_hub_download(repo_id, MODEL_FILE, revision=revision,
+        path = Path(hf_hub_download(repo_id, MODEL_FILE, revision=revision,
                                     cache_dir=cache_dir, local_files_only=True))
+        contract_problem(path, repo_id)
     except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
         return None
+    except HubError as e:
+        log.warning("Hub cache: %s; removed", e)
+        _evict(path)
+        return None
+    return path
 
 
 def pull_with_fallback(repo_id: str, bundled: Path | None, revision: str | None = None,

@@ -1,22 +1,25 @@
 """Tag photo collections in bulk.
 
     python -m landmark.tag PHOTOS_OR_FOLDERS... --model transfer --out tags.jsonl
-    python -m landmark.tag /data/photos --out part-3.jsonl --shard 3/16   # one of 16 jobs
+    python -m landmark.tag /data/photos --out part-3.jsonl --shard 3/16   # parts 0..15
 
 One record per file, the same JSON as the app's /tag API plus `file` (and `photo_gps`
 when the photo carries GPS); a file that cannot be read gets a record with `error` and
 the run goes on. Re-running with the same --out resumes: finished files are skipped.
---shard I/N takes a deterministic 1/N of the sorted file list, so any scheduler (Slurm
-arrays, Kubernetes indexed jobs) can fan a corpus out. --write-exif DIR writes geotagged
-copies of JPEGs whose landmark is known.
+--shard I/N takes part I (counted from 0, like Kubernetes' JOB_COMPLETION_INDEX) of N of
+the sorted file list, so any scheduler can fan a corpus out. --write-exif DIR writes
+geotagged copies of JPEGs whose landmark is known, mirroring the input tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import logging
 import math
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,19 +28,20 @@ from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from landmark.cli import part
 from landmark.data.datasets import resolve_workers
-from landmark.data.imageio import ImageError
+from landmark.data.imageio import ImageError, to_tensor
 from landmark.data.layout import list_images
-from landmark.geotag import geotag_jpeg, read_gps
-from landmark.predict import Predictor, upscale_tiny
+from landmark.geotag import GeotagError, geotagged_copy, read_gps
+from landmark.predict import Predictor, unusable
 from landmark.presets import cache_image
+from landmark.resolve import resolve
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+log = logging.getLogger(__name__)
 
 
 def collect(inputs: list[Path]) -> list[Path]:
@@ -53,19 +57,30 @@ def collect(inputs: list[Path]) -> list[Path]:
     return sorted(files)
 
 
-def shard(files: list[Path], spec: str | None) -> list[Path]:
-    """'I/N' -> every N-th file starting at I (0-based) of the sorted list."""
-    if not spec:
+def common_root(inputs: list[Path]) -> Path:
+    """The folder all inputs lie below: copies mirror the tree from here, so two photos
+    named alike in different folders never land on one copy. It depends on the inputs
+    alone, so every shard of a job mirrors alike."""
+    dirs = [os.path.abspath(p if p.is_dir() else p.parent) for p in inputs]
+    return Path(os.path.commonpath(dirs))
+
+
+def mirrored(photo: Path, root: Path, dest: Path) -> Path:
+    """Where `photo` (below `root`) lands in the tree mirrored under `dest`."""
+    return dest / Path(os.path.abspath(photo)).relative_to(root)
+
+
+def shard(files: list[Path], part: tuple[int, int] | None) -> list[Path]:
+    """Part (I, N): every N-th file starting at I (from 0) of the sorted list."""
+    if not part:
         return files
-    i, n = (int(x) for x in spec.split("/"))
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {spec}: need 0 <= I < N")
+    i, n = part
     return files[i::n]
 
 
 class PhotoDataset(Dataset):
     """Decodes, resizes and reads EXIF GPS, in DataLoader workers or the main process:
-    (index, uint8 square or empty, error, (lat, lon) or NaNs)."""
+    (index, uint8 square or zeros, error, why the photo is refused, (lat, lon) or NaNs)."""
 
     def __init__(self, files: list[Path], predictor: Predictor) -> None:
         self.files, self.predictor = files, predictor
@@ -75,36 +90,24 @@ class PhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str, str, torch.Tensor]:
+        blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         no_gps = torch.full((2,), float("nan"), dtype=torch.float64)
         try:
             img = self.predictor.load(self.files[i])
         except ImageError as e:
-            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e), no_gps
+            return i, blank, str(e), "", no_gps
         gps = read_gps(img)  # the EXIF the decoder already read
         gps = torch.tensor(gps, dtype=torch.float64) if gps else no_gps
-        arr = torch.from_numpy(np.asarray(upscale_tiny(img)).copy()).permute(2, 0, 1)
-        return i, cache_image(arr, self.size, self.interpolation), "", gps
-
-
-def done_files(out: Path) -> set[str]:
-    """Files already recorded in an earlier (possibly killed) run's output."""
-    if not out.exists():
-        return set()
-    if out.suffix == ".csv":
-        with open(out, newline="") as f:
-            return {row["file"] for row in csv.DictReader(f)}
-    seen = set()
-    for line in out.read_text().splitlines():
-        try:
-            seen.add(json.loads(line)["file"])
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line cut short by a kill
-    return seen
+        refused = unusable(img.size)
+        if refused:
+            return i, blank, "", refused, gps
+        return i, cache_image(to_tensor(img), self.size, self.interpolation), "", "", gps
 
 
 class Writer:
-    """Appends records as JSON lines or CSV rows, flushed per batch."""
+    """Appends records as JSON lines or CSV rows, one write() per record, so a killed run
+    leaves at most one cut line, which `repair_tail` drops on the next run."""
 
     FIELDS = ("file", "landmark", "class", "confidence", "known", "city", "country", "lat",
               "lon", "hashtags", "error")
@@ -112,45 +115,70 @@ class Writer:
     def __init__(self, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.csv = out.suffix == ".csv"
+        repair_tail(out, self.complete)
         new = not out.exists() or out.stat().st_size == 0
-        if not self.csv and not new and not out.read_bytes().endswith(b"\n"):
-            with open(out, "ab") as f:  # a killed run's half line: start a fresh one
-                f.write(b"\n")
-        self.f = open(out, "a", newline="")  # noqa: SIM115
-        if self.csv:
-            self.rows = csv.DictWriter(self.f, fieldnames=self.FIELDS)
-            if new:
-                self.rows.writeheader()
+        self.f = open(out, "ab", buffering=0)  # noqa: SIM115
+        if self.csv and new:
+            self.f.write(self.csv_line(dict(zip(self.FIELDS, self.FIELDS, strict=True))))
+
+    def csv_line(self, row: dict) -> bytes:
+        buf = io.StringIO()
+        # one physical line a record: newlines inside messages become spaces
+        csv.writer(buf).writerow([str(row.get(k) if row.get(k) is not None else "")
+                                  .replace("\n", " ").replace("\r", " ") for k in self.FIELDS])
+        return buf.getvalue().encode()
+
+    def complete(self, line: bytes) -> bool:
+        """Whether one line of the output is a whole record."""
+        try:
+            if self.csv:
+                return len(next(csv.reader([line.decode()]))) == len(self.FIELDS)
+            return "file" in json.loads(line)
+        except (ValueError, StopIteration):
+            return False
 
     def write(self, rec: dict) -> None:
         if not self.csv:
-            self.f.write(json.dumps(rec) + "\n")
+            self.f.write((json.dumps(rec) + "\n").encode())
             return
         top = (rec.get("predictions") or [{}])[0]
         loc = rec.get("location") or {}
-        self.rows.writerow({"file": rec["file"], "landmark": top.get("landmark"),
-                            "class": top.get("class"), "confidence": top.get("confidence"),
-                            "known": rec.get("known"), "city": loc.get("city"),
-                            "country": loc.get("country"), "lat": loc.get("lat"),
-                            "lon": loc.get("lon"), "hashtags": " ".join(rec.get("hashtags", [])),
-                            "error": rec.get("error")})
-
-    def flush(self) -> None:
-        self.f.flush()
+        self.f.write(self.csv_line({
+            "file": rec["file"], "landmark": top.get("landmark"), "class": top.get("class"),
+            "confidence": top.get("confidence"), "known": rec.get("known"),
+            "city": loc.get("city"), "country": loc.get("country"), "lat": loc.get("lat"),
+            "lon": loc.get("lon"), "hashtags": " ".join(rec.get("hashtags", [])),
+            "error": rec.get("error") or rec.get("geotag_error")}))
 
     def close(self) -> None:
         self.f.close()
 
 
-def resolve_model(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".pt" and path.exists():
-        return path
-    bundled = MODELS_DIR / f"{name_or_path}.pt"
-    if bundled.exists():
-        return bundled
-    raise FileNotFoundError(f"no model {name_or_path!r}: give a .pt file or one of "
-                            f"{sorted(p.stem for p in MODELS_DIR.glob('*.pt'))}")
+def repair_tail(out: Path, complete: Callable[[bytes], bool], window: int = 1 << 20) -> None:
+    """Drop a killed run's incomplete last record from `out` (a line cut short, or one
+    that is not a whole record), so its photo is tagged again."""
+    if not out.exists() or out.stat().st_size == 0:
+        return
+    size = out.stat().st_size
+    with open(out, "rb+") as f:
+        f.seek(max(0, size - window))
+        tail = f.read()
+        last = tail[:-1].rsplit(b"\n", 1)[-1] if tail.endswith(b"\n") else \
+            tail.rsplit(b"\n", 1)[-1]
+        if tail.endswith(b"\n") and complete(last):
+            return
+        f.truncate(size - len(last) - tail.endswith(b"\n"))
+    log.warning("%s: dropped an incomplete last record; that photo is tagged again", out)
+
+
+def done_files(out: Path) -> set[str]:
+    """Files already recorded in an earlier run's output (its tail repaired first)."""
+    if not out.exists():
+        return set()
+    if out.suffix == ".csv":
+        with open(out, newline="") as f:
+            return {row["file"] for row in csv.DictReader(f)}
+    return {json.loads(line)["file"] for line in out.read_text().splitlines() if line}
 
 
 def stream_plan(threads: int) -> tuple[int, int]:
@@ -211,29 +239,29 @@ def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
 
 
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
-        workers: int = -1, exif_dir: Path | None = None) -> dict:
+        workers: int = -1, exif: tuple[Path, Path] | None = None) -> dict:
     """Tag `files` not yet in `out`; returns counts. Batches of at most `batch` photos
     (`even_batches`) run on parallel model streams (`stream_plan`; torch's intra-op thread
     count is lowered for the duration) and are written in order; `workers` -1 picks
-    decoding processes by machine (`resolve_workers`), 0 decodes in the main process."""
+    decoding processes by machine (`resolve_workers`), 0 decodes in the main process.
+    `exif` (root, dest): geotagged copies of JPEGs, mirrored from root's tree into dest."""
+    writer = Writer(out)  # repairs a killed run's last line before it is read
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
     streams, per_stream = stream_plan(torch.get_num_threads())
     loader = DataLoader(PhotoDataset(todo, predictor),
                         batch_sampler=even_batches(len(todo), batch, streams),
                         num_workers=resolve_workers(workers, torch.device("cpu")))
-    writer = Writer(out)
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
 
     def finish(job: Future) -> None:
         for path, rec in _records(*job.result(), todo, predictor, k):
-            if exif_dir and rec.get("location"):
-                _write_exif(path, rec, exif_dir)
+            if exif:
+                _write_exif(path, rec, exif)
             writer.write(rec)
             counts["errors" if "error" in rec else "tagged"] += 1
             bar.update()
-        writer.flush()
 
     try:
         with torch_threads(per_stream):
@@ -247,32 +275,34 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
 def _records(batch: list, probs: torch.Tensor, todo: list[Path], predictor: Predictor,
              k: int) -> Iterator[tuple[Path, dict]]:
     """(file, record) for every photo of a decoded batch, in order."""
-    idx, _, errors, gps = batch
+    idx, _, errors, refusals, gps = batch
     rows = iter(probs)  # one per readable photo
-    for i, err, (lat, lon) in zip(idx.tolist(), errors, gps.tolist(), strict=True):
+    for i, err, refused, (lat, lon) in zip(idx.tolist(), errors, refusals, gps.tolist(),
+                                           strict=True):
         path = todo[i]
         if err:
             yield path, {"file": str(path), "error": err}
             continue
         yield path, {"file": str(path), **predictor.record(
-            next(rows), k, None if math.isnan(lat) else (lat, lon))}
+            next(rows), k, None if math.isnan(lat) else (lat, lon), refused or None)}
 
 
-def _write_exif(path: Path, rec: dict, folder: Path) -> None:
-    data = path.read_bytes()
-    if data[:2] != b"\xff\xd8":
-        return
-    loc, name = rec["location"], rec["predictions"][0]["landmark"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / path.name).write_bytes(geotag_jpeg(
-        data, loc["lat"], loc["lon"], f"{name}, {loc['city']}, {loc['country']}"))
+def _write_exif(path: Path, rec: dict, exif: tuple[Path, Path]) -> None:
+    """The geotagged copy of one photo; a failure is recorded on its record."""
+    root, dest = exif
+    try:
+        geotagged_copy(path, rec, mirrored(path, root, dest))
+    except (GeotagError, OSError) as e:
+        rec["geotag_error"] = f"{path}: {e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m landmark.tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photos", nargs="+", type=Path, help="photo files or folders")
-    p.add_argument("--model", default="transfer", help="bundled model name or .pt file")
+    p.add_argument("--model", default="transfer",
+                   help="model name (Hub, then bundled; see landmark.resolve) or a .pt file "
+                        "(default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("tags.jsonl"),
                    help="output .jsonl or .csv (appended to; reruns resume)")
     p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
@@ -282,18 +312,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="decoding processes (default -1: none on a machine with <= 2 cores, "
                         "where the main process decodes between batches, else cores - 1, "
                         "at most 8)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="take shard I of N (0-based)")
+    p.add_argument("--shard", type=part, default=None, metavar="I/N",
+                   help="take part I of N of the sorted file list, I counted from 0 "
+                        "(0/4 ... 3/4), for N jobs over one corpus")
     p.add_argument("--write-exif", type=Path, default=None, metavar="DIR",
-                   help="write geotagged copies of JPEGs here")
+                   help="write geotagged copies of JPEGs here, mirroring the input tree "
+                        "(a photo's own GPS is never overwritten)")
     args = p.parse_args(argv)
     try:
         files = shard(collect(args.photos), args.shard)
-        predictor = Predictor(resolve_model(args.model))
+        predictor = Predictor(resolve(args.model))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    counts = run(files, predictor, args.out, args.k, args.batch_size, args.workers,
-                 args.write_exif)
+    exif = (common_root(args.photos), args.write_exif) if args.write_exif else None
+    counts = run(files, predictor, args.out, args.k, args.batch_size, args.workers, exif)
     print(f"{counts['tagged']} tagged, {counts['errors']} unreadable, "
           f"{counts['skipped_done']} already done -> {args.out}", file=sys.stderr)
     return 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,13 +93,26 @@ def test_api_k_and_unknown_model(client: Client) -> None:
                        api_name="/tag")
 
 
+@pytest.mark.parametrize(("k", "listed"), [(None, None), ("abc", None), (2.7, 3), (2.5, 3),
+                                           (0, 1), (99, 10)])
+def test_api_k_is_a_number_rounded_and_bounded(client: Client, k: object,
+                                               listed: int | None) -> None:
+    photo = handle_file(str(EXAMPLES / "taj_mahal.jpg"))
+    if listed is None:
+        with pytest.raises(Exception, match="k must be a number from 1 to 10"):
+            client.predict(photo, "transfer", k, api_name="/tag")
+    else:
+        assert len(client.predict(photo, "transfer", k, api_name="/tag")["predictions"]) == listed
+
+
 def _save(img: Image.Image, path: Path, **kw: object) -> Path:
     img.save(path, **kw)
     return path
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str | None]]:
-    """name -> (file, expected error text, or None when a valid tag is expected)."""
+    """name -> (file, expected error text, "refused" for a tag record that names no
+    landmark and says why, or None when a valid tag is expected)."""
     photo = Image.open(real_photos("05.Golden_Gate_Bridge", "test")[0]).convert("RGB")
     data = real_photos("05.Golden_Gate_Bridge", "test")[0].read_bytes()
     (tmp / "notes.txt").write_text("hello, not a photo")
@@ -115,7 +128,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str | None]]:
         "60 megapixels": (_save(big, tmp / "big.jpg", quality=80), None),
         "decompression bomb": (_save(Image.new("L", (20000, 20000)), tmp / "bomb.png"),
                                "too large"),
-        "1x1": (_save(Image.new("RGB", (1, 1), (9, 9, 9)), tmp / "one.png"), None),
+        "1x1": (_save(Image.new("RGB", (1, 1), (9, 9, 9)), tmp / "one.png"), "refused"),
+        "10x4000 strip": (_save(photo.resize((10, 4000)), tmp / "strip.png"), "refused"),
         "grayscale": (_save(photo.convert("L"), tmp / "grey.jpg"), None),
         "cmyk": (_save(photo.convert("CMYK"), tmp / "cmyk.jpg"), None),
         "png alpha": (_save(rgba, tmp / "alpha.png"), None),
@@ -129,6 +143,10 @@ def test_bad_inputs_get_a_clear_message_or_a_tag(client: Client, tmp_path: Path)
         if error is None:
             result = client.predict(handle_file(str(path)), "transfer", 3, api_name="/tag")
             assert len(result["predictions"]) == 3, name
+        elif error == "refused":
+            result = client.predict(handle_file(str(path)), "transfer", 3, api_name="/tag")
+            assert result["known"] is False and result["predictions"] == [], name
+            assert "to show a landmark" in result["reason"], name
         else:
             with pytest.raises(Exception, match=error):
                 client.predict(handle_file(str(path)), "transfer", 3, api_name="/tag")
@@ -156,12 +174,67 @@ def test_gps_in_photo_is_reported(client: Client, tmp_path: Path) -> None:
     assert result["photo_gps"]["distance_km"] < 1
 
 
+def test_same_named_uploads_from_two_users_stay_apart(app_url: str, tmp_path: Path) -> None:
+    """Two users send a different IMG_0001.jpg at once: each gets back their own photo,
+    geotagged with their own landmark."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from landmark.geotag import read_gps
+    users = {"eiffel": (EXAMPLES / "eiffel_tower.jpg", 48.8584),
+             "bridge": (EXAMPLES / "golden_gate_bridge.jpg", 37.8199)}
+
+    def geotag(name: str, attempt: int) -> Path:
+        folder = tmp_path / f"{name}{attempt}"
+        folder.mkdir()
+        photo = folder / "IMG_0001.jpg"
+        photo.write_bytes(users[name][0].read_bytes())
+        client = Client(app_url, verbose=False)
+        return Path(client.predict(handle_file(str(photo)), "transfer", api_name="/geotag"))
+
+    for attempt in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            got = dict(zip(users, pool.map(geotag, users, [attempt] * 2), strict=True))
+        for name, copy in got.items():
+            assert copy.name == "IMG_0001_geotagged.jpg"
+            assert read_gps(copy)[0] == pytest.approx(users[name][1], abs=1e-3), name
+
+
+def test_geotag_survives_a_65kb_exif_block(client: Client, tmp_path: Path) -> None:
+    import pyexiv2
+
+    from landmark.geotag import read_gps
+    photo = tmp_path / "big_exif.jpg"
+    photo.write_bytes((EXAMPLES / "eiffel_tower.jpg").read_bytes())
+    with pyexiv2.Image(str(photo)) as img:
+        img.modify_exif({"Exif.Image.Make": "x" * 65_300})
+    copy = client.predict(handle_file(str(photo)), "transfer", api_name="/geotag")
+    assert read_gps(copy) == pytest.approx((48.8584, 2.2945), abs=1e-3)
+
+
+def test_download_folders_go_when_the_app_stops(tmp_path: Path) -> None:
+    with running_app(HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path)) as url:
+        Client(url, verbose=False).predict(handle_file(str(EXAMPLES / "eiffel_tower.jpg")),
+                                           "transfer", api_name="/geotag")
+        assert list(tmp_path.glob("landmark-*/*/*_geotagged.jpg"))
+    assert not list(tmp_path.glob("landmark-*"))
+
+
+def _browser(p: object) -> object:
+    """Debian's Chromium; without it the test is skipped, except under CI."""
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium (apt-get install chromium)")
+        pytest.skip("no Chromium: apt-get install chromium (CI installs it)")
+    return p.chromium.launch(
+        executable_path=exe,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
 def test_browser_upload_switch_model_and_read_tags(app_url: str, tmp_path: Path) -> None:
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(app_url)
         page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "taj_mahal.jpg"))
@@ -175,12 +248,45 @@ def test_browser_upload_switch_model_and_read_tags(app_url: str, tmp_path: Path)
             box = page.locator(".hashtags textarea").first
             box.wait_for(timeout=60_000)
             seen[model] = box.input_value()
-        assert seen["scratch"].startswith("#") or seen["scratch"] == "—"
-        assert "#TajMahal" in seen["transfer"] and "Agra" in seen["transfer"]
-        shot = tmp_path / "app.png"
-        page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert Image.open(io.BytesIO(shot.read_bytes())).size[0] == 1400
+    assert seen["scratch"].startswith("#") or seen["scratch"] == "—"
+    assert "#TajMahal" in seen["transfer"] and "Agra" in seen["transfer"]
+
+
+def test_browser_reads_right_with_the_network_blocked(app_url: str) -> None:
+    """Several photos in the one upload control: a rejected photo's card names no
+    landmark in its headline and shows no bars, tags do not repeat words, and the map
+    draws with every request off this machine blocked. The screenshot goes to docs/."""
+    photos = [EXAMPLES / n for n in ("leaning_tower_of_pisa.jpg", "unknown_place.jpg")]
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        blocked = []
+
+        def only_local(route: object) -> None:
+            if route.request.url.startswith(app_url):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(app_url)
+        page.locator("input[type=file]").first.set_input_files([str(x) for x in photos])
+        page.get_by_role("button", name="Tag", exact=True).click()
+        page.get_by_text("unknown_place.jpg: No known landmark").wait_for(timeout=60_000)
+        page.get_by_text("leaning_tower_of_pisa.jpg: Leaning Tower of Pisa").wait_for()
+        tags = page.locator(".hashtags textarea").first.input_value()
+        maps = page.locator("svg.worldmap")
+        assert maps.count() == 1 and maps.first.bounding_box()["width"] > 200
+        assert page.locator(".guesses").count() == 1
+        assert "below the confidence threshold" in page.locator(".guesses").inner_text()
+        headlines = page.locator("h3").all_inner_texts()
+        page.screenshot(path=str(REPO / "docs" / "app.png"), full_page=True)
+        browser.close()
+    assert tags.endswith(" Leaning Tower of Pisa Italy")  # not "... of Pisa Pisa Italy"
+    unknown = next(h for h in headlines if h.startswith("unknown_place.jpg"))
+    assert "Mount Rushmore" not in unknown and "Space Needle" not in unknown
 
 
 def test_app_serves_models_pulled_from_the_hub(tiny_model: Path, tmp_path: Path) -> None:

@@ -153,3 +153,65 @@ def test_training_push_to_hub_flag(tiny_data: Path, tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr[-2000:]
         files = srv.repos["me/trained"].commits[-1][1]
     assert files["model.pt"] == (tmp_path / "run" / "scratch.pt").read_bytes()
+
+
+def _corrupt_repo(srv: FakeHub, repo_id: str) -> None:
+    """A Hub repo whose model.pt is a broken TorchScript archive (hashes all consistent)."""
+    from tests.hub_server import Repo
+    srv.repos[repo_id] = Repo(commits=[("c" * 40, {"model.pt": b"PK\x03\x04 not a model"})])
+
+
+def test_corrupt_hub_model_is_skipped_and_never_cached(tiny_model: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "c"
+    with FakeHub() as srv:
+        _corrupt_repo(srv, "me/landmark-scratch")
+        with pytest.raises(hub.HubError, match="not a Landmark Tagger model file"):
+            hub.pull("me/landmark-scratch", endpoint=srv.url, cache_dir=cache)
+        assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 10
+                    and "blobs" in p.parts]
+        with caplog.at_level(logging.WARNING, logger="landmark.hub"):
+            got = hub.pull_with_fallback("me/landmark-scratch", tiny_model, endpoint=srv.url,
+                                         cache_dir=cache)
+    assert got == tiny_model
+    assert any("not a Landmark Tagger model file" in r.getMessage() and "bundled" in
+               r.getMessage() for r in caplog.records)
+
+
+def test_app_resolver_falls_back_past_a_corrupt_hub_file(tiny_model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the app, landmark.tag and the benches use: the bundled file, not a traceback."""
+    from landmark.resolve import available, resolve
+    bundled = tmp_path / "models"
+    bundled.mkdir()
+    shutil.copy(tiny_model, bundled / "scratch.pt")
+    with FakeHub() as srv:
+        _corrupt_repo(srv, "me/landmark-scratch")
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("LANDMARK_HUB_REPO", "me/landmark-scratch")
+        assert available(bundled) == {"scratch": bundled / "scratch.pt"}
+        assert resolve("scratch", bundled) == bundled / "scratch.pt"
+
+
+def test_poisoned_cache_entry_is_removed(tiny_model: Path, tmp_path: Path) -> None:
+    """A bad file an older version left in the cache is not served, even offline."""
+    cache = tmp_path / "c"
+    with FakeHub() as srv:
+        hub.push(tiny_model, "me/m", endpoint=srv.url)
+        path = hub.pull("me/m", endpoint=srv.url, cache_dir=cache)
+    blob = path.resolve()
+    blob.write_bytes(b"garbage")
+    assert hub.cached("me/m", cache_dir=cache) is None
+    assert not blob.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "not a model"])
+def test_push_of_a_non_model_is_one_clear_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "notes.pt"
+    if kind == "not a model":
+        path.write_text("hello")
+    res = _run("push", str(path), "--repo", "me/x", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "error:" in res.stderr and ("no such model file" if kind == "missing" else
+                                       "not an exported model file") in res.stderr

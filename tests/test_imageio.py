@@ -88,3 +88,29 @@ def test_bad_files_are_skipped_and_counted(tiny_data: Path, tmp_path: Path,
     finally:
         for p in folder.glob("zz_*"):
             p.unlink()
+
+
+def test_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    """The reported bomb: under 1 MB on disk, 238 MP (3.8 GB as RGBA) once decoded.
+    Pillow only warns below twice its own limit; the header check refuses it."""
+    import resource
+    import time
+
+    from bench.app_load import bomb_png
+    path = bomb_png(tmp_path / "bomb.png")
+    assert path.stat().st_size < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match="too large: 15000x15900"):
+        load_image(path, max_side=520)
+    assert time.perf_counter() - start < 1.0  # refused, not decoded (that takes ~27 s)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100
+
+
+def test_big_png_within_the_limit_is_reduced_before_conversion(tmp_path: Path) -> None:
+    from bench.app_load import bomb_png
+    path = bomb_png(tmp_path / "big.png", 6000, 4000)  # 24 MP RGBA, within the limit
+    out = load_image(path, max_side=500)
+    assert out.mode == "RGB" and 500 <= min(out.size) < 1000 and out.size[0] > out.size[1]
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white, as unreduced

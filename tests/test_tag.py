@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from landmark.geotag import read_gps
 from landmark.predict import Predictor
@@ -65,29 +66,39 @@ def test_killed_run_resumes_without_redoing(photos: Path, tiny_model: Path,
     full = out.read_text().splitlines()
     out.write_text("\n".join(full[:4]) + "\n" + full[4][:30])  # killed mid-line
     res = _tag(str(photos), "--model", str(tiny_model), "--out", str(out))
-    assert "4 already done" in res.stderr
-    files = [r["file"] for r in _lines_tolerant(out)]
-    assert sorted(files) == sorted({json.loads(line)["file"] for line in full})
+    assert "4 already done" in res.stderr and "incomplete last record" in res.stderr
+    files = [r["file"] for r in _lines(out)]  # every line whole: the cut one was dropped
+    assert sorted(files) == sorted(json.loads(line)["file"] for line in full)
 
 
-def _lines_tolerant(out: Path) -> list[dict]:
-    recs = []
-    for line in out.read_text().splitlines():
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return recs
+def test_csv_row_cut_after_its_file_column_is_redone(photos: Path, tiny_model: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "tags.csv"
+    assert _tag(str(photos), "--model", str(tiny_model), "--out", str(out)).returncode == 0
+    lines = out.read_text().splitlines(keepends=True)
+    cut = lines[3].split(",")[0] + ","  # the file column survived, nothing else
+    out.write_text("".join(lines[:3]) + cut)
+    res = _tag(str(photos), "--model", str(tiny_model), "--out", str(out))
+    assert res.returncode == 0 and "2 already done" in res.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 11 and len({r["file"] for r in rows}) == 11
+    assert all(r["known"] in ("True", "False") for r in rows if not r["error"])
 
 
 def test_shards_partition_the_corpus(photos: Path) -> None:
     files = collect([photos])
-    parts = [shard(files, f"{i}/3") for i in range(3)]
+    parts = [shard(files, (i, 3)) for i in range(3)]
     assert sorted(p for part in parts for p in part) == files
     assert not set(parts[0]) & set(parts[1])
-    assert shard(collect([photos]), "1/3") == parts[1]  # deterministic
-    with pytest.raises(ValueError):
-        shard(files, "3/3")
+    assert shard(collect([photos]), (1, 3)) == parts[1]  # deterministic
+
+
+@pytest.mark.parametrize("spec", ["x/3", "1", "3/3", "-1/3"])
+def test_bad_shard_is_one_clear_line(photos: Path, spec: str) -> None:
+    res = _tag(str(photos), "--shard", spec)
+    assert res.returncode == 2 and "error: argument --shard" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_csv_and_exif_copies(photos: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -172,24 +183,59 @@ def test_even_batches_keep_every_stream_busy(n: int, batch: int, streams: int) -
     assert len(parts) < -(-n // batch) + streams  # no more calls than the last round needs
 
 
-def test_tiny_photo_is_seen_as_the_app_sees_it(photos: Path, tiny_model: Path,
-                                               tmp_path: Path) -> None:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from landmark.predict import upscale_tiny
-    from landmark.presets import center_crop, resize_short
-    from landmark.tag import PhotoDataset
+@pytest.mark.parametrize("size", [(48, 12), (10, 4000), (1, 1)])
+def test_tiny_or_strip_photo_is_refused_alike_in_batch_and_app(photos: Path, tiny_model: Path,
+                                                               tmp_path: Path,
+                                                               size: tuple[int, int]) -> None:
+    from landmark.tag import run
     one = sorted((photos / "03.Eiffel_Tower").glob("*.jpg"))[0]
-    tiny = tmp_path / "tiny.png"
-    Image.open(one).convert("RGB").resize((48, 12)).save(tiny)
-    pred = Predictor(tiny_model)
-    square = PhotoDataset([tiny], pred)[0][1].float()
-    # the app: the upscaled photo goes whole into the model, which resizes and crops it
-    img = upscale_tiny(pred.load(tiny))
-    assert min(img.size) == 32 and img.size[0] == 4 * img.size[1]  # aspect kept
-    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float()
-    size = pred.metadata["preset"]["resize_size"]
-    app = center_crop(resize_short(x, size), size)[0]
-    assert (square - app).abs().mean() < 2.0
+    strip = tmp_path / "strip.png"
+    Image.open(one).convert("RGB").resize(size).save(strip)
+    app = Predictor(tiny_model).tag(strip)
+    out = tmp_path / "tags.jsonl"
+    run([strip], Predictor(tiny_model), out, workers=0)
+    (batch,) = _lines(out)
+    assert app["known"] is False and app["predictions"] == [] and app["location"] is None
+    assert "to show a landmark" in app["reason"]
+    assert {k: batch[k] for k in app} == app
+
+
+def test_exif_copies_mirror_the_tree_and_survive_bad_exif(tmp_path: Path) -> None:
+    """Same-named photos in two folders get two copies; a 65 KB EXIF block and a photo
+    with its own GPS do not stop the run, and that GPS is kept."""
+    import pyexiv2
+
+    from landmark.geotag import geotag_jpeg
+    from landmark.resolve import MODELS_DIR
+    root = tmp_path / "photos"
+    eiffel, bridge = (real_photos(c, "test", 1)[0] for c in ("03.Eiffel_Tower",
+                                                              "05.Golden_Gate_Bridge"))
+    for sub, src in (("a", eiffel), ("b", bridge)):
+        (root / sub).mkdir(parents=True)
+        shutil.copy(src, root / sub / "IMG_1.jpg")
+    big = root / "a" / "big_exif.jpg"
+    shutil.copy(eiffel, big)
+    with pyexiv2.Image(str(big)) as img:
+        img.modify_exif({"Exif.Image.Make": "x" * 65_300})
+    own = root / "b" / "own_gps.jpg"
+    own.write_bytes(geotag_jpeg(bridge.read_bytes(), 40.69, -74.04, "New York"))
+    out, geo = tmp_path / "tags.jsonl", tmp_path / "geo"
+    res = _tag(str(root), "--model", str(MODELS_DIR / "transfer.pt"), "--out", str(out),
+               "--write-exif", str(geo))
+    assert res.returncode == 0, res.stderr[-2000:]
+    recs = {str(Path(r["file"]).relative_to(root)): r for r in _lines(out)}
+    assert all(r["known"] and "geotag_error" not in r for r in recs.values()), recs
+    copies = sorted(str(p.relative_to(geo)) for p in geo.rglob("*.jpg"))
+    assert copies == ["a/IMG_1.jpg", "a/big_exif.jpg", "b/IMG_1.jpg", "b/own_gps.jpg"]
+    described = {c: Image.open(geo / c).getexif()[0x010E] for c in copies}
+    assert described["a/IMG_1.jpg"].startswith("Eiffel Tower")
+    assert described["b/IMG_1.jpg"].startswith("Golden Gate Bridge")
+    assert read_gps(geo / "a/big_exif.jpg") == pytest.approx((48.8584, 2.2945), abs=1e-3)
+    assert read_gps(geo / "b/own_gps.jpg") == pytest.approx((40.69, -74.04), abs=1e-5)
+
+
+def test_commands_work_from_any_folder(tmp_path: Path) -> None:
+    """The project is installed (pip install -e .), not only importable from its root."""
+    res = subprocess.run([sys.executable, "-m", "landmark.tag", "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--shard" in res.stdout

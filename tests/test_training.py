@@ -15,7 +15,7 @@ from landmark.engine import TrainConfig, Trainer, predict
 from landmark.export import load_exported
 from landmark.models import create_model
 from landmark.presets import eval_transform, train_transform
-from tests.conftest import REPO
+from tests.conftest import REPO, real_photos
 
 
 def _data(tiny_data: Path, cache_dir: Path, size: int = 36):
@@ -147,7 +147,42 @@ def test_no_validation_photos_is_one_clear_line(tiny_data: Path, tmp_path: Path)
     res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--val-fraction", "0.01",
                "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode != 0
-    assert "leaves no validation photos" in res.stderr and "Traceback" not in res.stderr
+    assert "leaves no readable validation photos" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def _dataset(root: Path, classes: dict[str, list[Path | bytes]]) -> Path:
+    """ROOT/train/CLASS/ holding copies of photos, or files with the given bytes."""
+    for cls, items in classes.items():
+        folder = root / "train" / cls
+        folder.mkdir(parents=True)
+        for i, item in enumerate(items):
+            (folder / f"{i:02d}.jpg").write_bytes(
+                item.read_bytes() if isinstance(item, Path) else item)
+    return root
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("one class", "holds one class folder (03.Eiffel_Tower); a classifier needs at least two"),
+    ("all unreadable", "none of the 20 photos in"),
+    ("ten junk files", "none of the 10 photos in"),
+    ("one class readable", "only 03.Eiffel_Tower has readable training photos"),
+])
+def test_data_it_cannot_learn_from_is_one_clear_line(tmp_path: Path, kind: str,
+                                                     message: str) -> None:
+    photos = real_photos("03.Eiffel_Tower", n=10)
+    junk = b"\xff\xd8 not a photo"
+    classes = {"one class": {"03.Eiffel_Tower": photos},
+               "all unreadable": {"03.Eiffel_Tower": [junk] * 10, "11.Niagara_Falls": [junk] * 10},
+               "ten junk files": {"03.Eiffel_Tower": [junk] * 5, "11.Niagara_Falls": [junk] * 5},
+               "one class readable": {"03.Eiffel_Tower": photos,
+                                      "11.Niagara_Falls": [junk] * 10}}[kind]
+    data = _dataset(tmp_path / "data", classes)
+    res = _cli("--data", str(data), "--model", "tiny_cnn", "--epochs", "1", "--output",
+               str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode != 0 and not (tmp_path / "r" / "scratch.pt").exists()
+    assert f"error: {message}" in res.stderr or message in res.stderr, res.stderr[-1500:]
+    assert "Traceback" not in res.stderr and "--val-fraction" not in res.stderr
 
 
 def test_export_only_without_a_run_is_one_clear_line(tiny_data: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from landmark import checkpoint, plots
+from landmark.cli import part
 from landmark.data import (
     DatasetError,
     Split,
@@ -101,14 +102,8 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
 
 
 def fold_arg(text: str) -> tuple[int, int]:
-    """'I/K' -> (I, K), with 0 <= I < K and K >= 2."""
-    try:
-        i, k = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/K such as 0/5, got {text!r}") from None
-    if k < 2 or not 0 <= i < k:
-        raise argparse.ArgumentTypeError(f"fold {text}: need K >= 2 and 0 <= I < K")
-    return i, k
+    """'I/K' -> (I, K): fold I (from 0) of K >= 2."""
+    return part(text, least=2)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -121,15 +116,13 @@ def setup_logging() -> None:
 
 
 def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSplit]:
-    """Scan the dataset, carve validation out of train, decode/cache train, val and test."""
+    """Scan the dataset, carve validation out of train, decode/cache train, val and test;
+    raises DatasetError when the data cannot train a classifier."""
     full = scan_split(args.data, "train")
+    if len(full.classes) < 2:
+        raise DatasetError(f"{args.data / 'train'} holds one class folder ({full.classes[0]}); "
+                           "a classifier needs at least two")
     train, val = stratified_split(full, args.val_fraction, args.seed, fold=args.fold)
-    if not val.paths:
-        held = (f"--fold {args.fold[0]}/{args.fold[1]}", "add photos") if args.fold else \
-            (f"--val-fraction {args.val_fraction}", "raise it or add photos")
-        raise DatasetError(f"{held[0]} leaves no validation photos "
-                           f"({len(full.paths)} photos in {len(full.classes)} classes); "
-                           f"{held[1]}")
     splits = {"train": train, "val": val}
     if (args.data / "test").is_dir():
         splits["test"] = scan_split(args.data, "test", classes=full.classes)
@@ -139,7 +132,8 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
         splits["unknown"] = Split(paths, [-1] * len(paths), full.classes)
     cache = None if args.no_cache else args.cache_dir
     out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
-           for k, s in splits.items()}
+           for k, s in splits.items() if s.paths}
+    check_learnable(out, args, len(full.paths))
     if args.outlier_weight > 0:
         if "unknown" not in out:
             raise DatasetError(f"--outlier-weight needs photos of other places: no images in "
@@ -150,6 +144,25 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
         log.info("%s: %d photos, %d classes%s", k, len(s.labels), len(s.classes),
                  f", {len(s.skipped)} unreadable skipped" if s.skipped else "")
     return out
+
+
+def check_learnable(data: dict[str, CachedSplit], args: argparse.Namespace,
+                    photos: int) -> None:
+    """Raise DatasetError, saying what is wrong with the data, unless training has readable
+    photos of at least two classes and validation has photos to choose the epoch on."""
+    train = data["train"]
+    if not len(train.labels):
+        raise DatasetError(f"none of the {photos} photos in {args.data / 'train'} could be "
+                           f"read (e.g. {(train.skipped or ['no files'])[0]})")
+    seen = train.labels.unique().tolist()
+    if len(seen) < 2:
+        raise DatasetError(f"only {train.classes[seen[0]]} has readable training photos; a "
+                           "classifier needs at least two classes")
+    if "val" not in data or not len(data["val"].labels):
+        held = (f"--fold {args.fold[0]}/{args.fold[1]}", "add photos") if args.fold else \
+            (f"--val-fraction {args.val_fraction}", "raise it or add photos")
+        raise DatasetError(f"{held[0]} leaves no readable validation photos ({photos} photos "
+                           f"in {len(train.classes)} classes); {held[1]}")
 
 
 def run(args: argparse.Namespace, model: nn.Module, name: str,
