@@ -9,6 +9,14 @@ is `python -m landmark.tag`.
 API (gradio_client):
     Client(url).predict(handle_file("photo.jpg"), "transfer", 3, api_name="/tag")
     Client(url).predict(handle_file("photo.jpg"), "transfer", api_name="/geotag")
+    Client(url).predict([handle_file(p) for p in photos], "Name", None, None,
+                        api_name="/teach")            # lat, lon optional
+    Client(url).predict(api_name="/places")           # and "/forget" with a name
+
+Taught places: on your own machine the app shares the place store of
+`python -m landmark.places` (LANDMARK_PLACES). On a public server (Hugging Face
+Spaces, or LANDMARK_PRIVATE_PLACES=1) every visitor teaches into a store of their own
+session, which nobody else sees and which goes when the app does.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import html
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -28,6 +37,9 @@ from pathlib import Path
 
 from landmark.data.imageio import ImageError
 from landmark.geotag import GeotagError, geotagged_copy
+from landmark.places import PlaceError, PlaceStore
+from landmark.places import store as place_rules
+from landmark.places.teach import teach
 from landmark.predict import Predictor
 from landmark.resolve import available
 from landmark.worldmap import world_svg
@@ -59,15 +71,28 @@ def parse_k(k: object) -> int:
 
 
 def tag_file(predictors: dict[str, Predictor], path: str | Path, model_name: str,
-             k: object) -> dict:
+             k: object, places: PlaceStore | None = None) -> dict:
     """Tag one photo; raises ValueError with a user-facing message on bad input."""
     if model_name not in predictors:
         raise ValueError(f"unknown model {model_name!r}; choose from {sorted(predictors)}")
     k = parse_k(k)
     try:
-        return predictors[model_name].tag(path, k)
+        return predictors[model_name].tag(path, k, places)
     except ImageError as e:
         raise ValueError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def private_places() -> bool:
+    """Whether each visitor gets a place store of their own (public servers)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get(
+        "LANDMARK_PRIVATE_PLACES", "").lower() in ("1", "true", "yes")
+
+
+def place_rows(store: PlaceStore) -> list[list]:
+    """The taught places as table rows: name, photos, where (HTML-escaped by the table)."""
+    return [[p.name, p.photos, f"{p.location.city}, {p.location.country} "
+             f"({p.location.lat:.4f}, {p.location.lon:.4f})" if p.location else "—"]
+            for p in store.places()]
 
 
 class Downloads:
@@ -110,8 +135,17 @@ def build_demo(predictors: dict[str, Predictor]):
 
     names = list(predictors)
     downloads = Downloads()
+    shared = None if private_places() else PlaceStore()
 
-    def tag_many(files: list[str] | None, model_name: str, k: float) -> list[dict]:
+    def places_of(request: gr.Request | None) -> PlaceStore:
+        """The visitor's place store: the shared one, or their session's own."""
+        if shared is not None:
+            return shared
+        session = re.sub(r"[^0-9A-Za-z_-]", "", getattr(request, "session_hash", "") or "")
+        return PlaceStore(downloads.root / "places" / (session or "anonymous"))
+
+    def tag_many(files: list[str] | None, model_name: str, k: float,
+                 request: gr.Request) -> list[dict]:
         if not files:
             raise gr.Error("Upload a photo first.")
         if len(files) > MAX_PHOTOS:
@@ -120,23 +154,24 @@ def build_demo(predictors: dict[str, Predictor]):
         for path in files:
             item = {"file": Path(path).name}
             try:
-                item.update(path=path, result=tag_file(predictors, path, model_name, k))
+                item.update(path=path, result=tag_file(predictors, path, model_name, k,
+                                                       places_of(request)))
                 item["geotagged"] = downloads.geotagged(path, item["result"])
-            except (ValueError, OSError) as e:  # GeotagError is a ValueError
+            except (ValueError, OSError) as e:  # GeotagError, PlaceError: ValueErrors
                 item["error"] = str(e)
             items.append(item)
         return items
 
-    def tag_api(photo: str | None, model_name: str, k: float) -> dict:
+    def tag_api(photo: str | None, model_name: str, k: float, request: gr.Request) -> dict:
         if not photo:
             raise gr.Error("No photo given.")
         try:
-            return tag_file(predictors, photo, model_name, k)
+            return tag_file(predictors, photo, model_name, k, places_of(request))
         except ValueError as e:
             raise gr.Error(str(e)) from None
 
-    def geotag_api(photo: str | None, model_name: str) -> str:
-        result = tag_api(photo, model_name, 1)
+    def geotag_api(photo: str | None, model_name: str, request: gr.Request) -> str:
+        result = tag_api(photo, model_name, 1, request)
         try:
             copy = downloads.geotagged(photo, result)
         except GeotagError as e:
@@ -146,11 +181,54 @@ def build_demo(predictors: dict[str, Predictor]):
                            "known landmark)")
         return str(copy)
 
+    def teach_api(files: list[str] | None, name: str, lat: object, lon: object,
+                  request: gr.Request) -> dict:
+        store = places_of(request)
+        paths = files or []
+        try:
+            place = teach(store, list(predictors.values()), name, paths, _number(lat),
+                          _number(lon), [Path(p).name for p in paths])
+        except ValueError as e:  # PlaceError, and a coordinate that is not a number
+            raise gr.Error(str(e)) from None
+        return place.to_dict()
+
+    def places_api(request: gr.Request) -> list[dict]:
+        try:
+            return [p.to_dict() for p in places_of(request).places()]
+        except PlaceError as e:
+            raise gr.Error(str(e)) from None
+
+    def forget_api(name: str, request: gr.Request) -> list[dict]:
+        try:
+            places_of(request).remove(str(name or ""))
+        except PlaceError as e:
+            raise gr.Error(str(e)) from None
+        return places_api(request)
+
+    def teach_ui(files: list[str] | None, name: str, lat: float | None, lon: float | None,
+                 request: gr.Request) -> tuple:
+        place = teach_api(files, name, lat, lon, request)
+        gr.Info(f"Taught {place['name']} from {place['photos']} photos: tag a photo of it.")
+        return _place_table(places_of(request)), None, ""
+
+    def forget_ui(name: str | None, request: gr.Request) -> tuple:
+        if not name:
+            raise gr.Error("Choose a place to remove.")
+        forget_api(name, request)
+        return _place_table(places_of(request)), None
+
+    def refresh_ui(request: gr.Request) -> tuple:
+        try:
+            return _place_table(places_of(request)), None
+        except PlaceError as e:
+            raise gr.Error(str(e)) from None
+
     with gr.Blocks(title="Landmark Tagger", delete_cache=(600, KEEP_DOWNLOADS_S)) as demo:
         gr.Markdown("# 🗼 Landmark Tagger\nUpload a photo (or many): the model names the "
                     "landmark, places it on the map and suggests hashtags. Photos showing "
-                    "no landmark it knows are reported as such.")
-        with gr.Row():
+                    "no landmark it knows are reported as such. Teach it places of your own "
+                    "in the second tab.")
+        with gr.Tab("Tag photos"), gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(file_count="multiple", label="Photos (one or many)",
                                 file_types=["image", ".heic", ".heif"])
@@ -178,7 +256,60 @@ def build_demo(predictors: dict[str, Predictor]):
                                        api_name="tag")
         gr.Button(visible=False).click(geotag_api, [api_photo, api_model], api_copy,
                                        api_name="geotag")
+        with gr.Tab("Teach a place") as teach_tab:
+            gr.Markdown(f"Upload {place_rules.MIN_PHOTOS} to {place_rules.MAX_PHOTOS} "
+                        "photos of a place the model "
+                        "does not know and name it: the next photo you tag can be "
+                        "recognised as it, with no retraining. Coordinates are optional; "
+                        "without them the photos' own GPS is used, if they have any.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    teach_files = gr.File(file_count="multiple", label="Photos of the place",
+                                          file_types=["image", ".heic", ".heif"])
+                    teach_name = gr.Textbox(label="Name", max_length=place_rules.MAX_NAME)
+                    with gr.Row():
+                        teach_lat = gr.Number(label="Latitude (optional)")
+                        teach_lon = gr.Number(label="Longitude (optional)")
+                    teach_button = gr.Button("Teach", variant="primary")
+                with gr.Column(scale=1):
+                    table = gr.Dataframe(headers=["place", "photos", "where"],
+                                         label="Taught places", interactive=False)
+                    forget_name = gr.Dropdown([], label="Remove a place", allow_custom_value=True)
+                    forget_button = gr.Button("Remove")
+        teach_button.click(teach_ui, [teach_files, teach_name, teach_lat, teach_lon],
+                           [table, teach_files, teach_name], api_visibility="private"
+                           ).then(refresh_ui, None, [table, forget_name],
+                                  api_visibility="private")
+        forget_button.click(forget_ui, forget_name, [table, forget_name],
+                            api_visibility="private")
+        teach_tab.select(refresh_ui, None, [table, forget_name], api_visibility="private")
+        api_files = gr.File(file_count="multiple", visible=False)
+        api_name = gr.Textbox(visible=False)
+        api_lat, api_lon = gr.JSON(visible=False), gr.JSON(visible=False)
+        api_place, api_places = gr.JSON(visible=False), gr.JSON(visible=False)
+        gr.Button(visible=False).click(teach_api, [api_files, api_name, api_lat, api_lon],
+                                       api_place, api_name="teach")
+        gr.Button(visible=False).click(places_api, None, api_places, api_name="places")
+        gr.Button(visible=False).click(forget_api, api_name, api_places, api_name="forget")
     return demo
+
+
+def _number(value: object) -> float | None:
+    """An optional coordinate from the API or a form: None, or a number."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PlaceError(f"a coordinate must be a number, got {value!r}") from None
+
+
+def _place_table(store: PlaceStore) -> object:
+    """Rows for the taught-places table, and the remove dropdown's choices."""
+    import gradio as gr
+    rows = place_rows(store)
+    return gr.Dataframe(value=rows or None), gr.Dropdown(choices=[r[0] for r in rows],
+                                                          value=None)
 
 
 def _result_card(gr, item: dict) -> None:

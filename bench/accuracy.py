@@ -2,7 +2,7 @@
 
     python -m bench.accuracy --data ../shared/data/landmark_images
 
-Runs train.evaluate on each models/*.pt (the TorchScript files themselves) and writes its
+Runs landmark.evaluate on each models/*.pt (the TorchScript files themselves) and writes its
 section of BENCHMARKS.md: top-1, top-3, ECE, the open-set figures at each model's own
 threshold, and per-class accuracy.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 from bench.report import update_section
 from landmark.cli import add_data_arg
 from landmark.data.layout import display_name
+from landmark.evaluate import evaluate
 from landmark.metrics import wilson_interval
 from landmark.resolve import bundled, resolve
-from train.evaluate import evaluate
 
 
 def _share(share: float, n: int) -> str:

@@ -23,14 +23,12 @@ import torch
 from bench.report import update_section
 from landmark.cli import add_data_arg
 from landmark.data import scan_split
-from landmark.export import ExportedClassifier, load_exported
-from landmark.models import create_model
-from landmark.models.transfer import BACKBONES
+from landmark.export import wrap
 from landmark.predict import Predictor
-from landmark.presets import Preset
 from landmark.resolve import MODELS_DIR, resolve
 from landmark.tag import run as tag_run
 from landmark.tag import stream_plan, torch_threads
+from train.reexport import rebuild
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -60,15 +58,9 @@ def streamed(fn, threads: int, calls: int = 5) -> float:
 
 def eager_twin(path: Path) -> torch.nn.Module:
     """The exported network rebuilt in eager PyTorch with the file's own weights."""
-    exp = load_exported(path)
+    net, preset, exp = rebuild(path)
     meta = exp.metadata
-    kw = {"pretrained": False} if meta["architecture"] in BACKBONES else {}
-    net = create_model(meta["architecture"], len(exp.classes), **kw)
-    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in meta["preset"].items()})
-    eager = ExportedClassifier(net, preset, meta["temperature"], meta["tta_flip"]).eval()
-    eager.load_state_dict(exp.module.state_dict())
-    return eager
+    return wrap(net, preset, meta["temperature"], meta["tta_flip"], meta["background_logit"])
 
 
 @torch.no_grad()
@@ -87,8 +79,9 @@ def bench_model(path: Path, photos: list[Path], batch: int, repeats: int = 3) ->
         lat.append(time.perf_counter() - start)
     x = torch.rand(batch, 3, size, size)
     eager = eager_twin(path)
+    raw = torch.randn(batch, 3, crop, crop)
     models = (("torchscript", lambda: pred.module(x)), ("eager", lambda: eager(x)),
-              ("raw forward", lambda: eager.net(torch.randn(batch, 3, crop, crop))))
+              ("raw forward", lambda: eager.head(eager.features(raw))))
     for _, fn in models:  # TorchScript's profiling executor optimises per batch shape
         for _ in range(2):
             fn()

@@ -8,17 +8,22 @@ import torch
 from torch import Tensor
 
 
+def calibrated_softmax(logits: Tensor, temperature: float,
+                       background: float | None = None) -> Tensor:
+    """softmax(logits / T), with an implicit background logit b joining the softmax and
+    then dropped when given: p_i = exp(z_i) / (sum_j exp(z_j) + exp(b)). TorchScript
+    compiles this same function into every exported model (landmark.export)."""
+    z = logits / temperature
+    if background is not None:
+        z = torch.cat([z, torch.full_like(z[:, :1], background)], 1)
+    return z.softmax(1)[:, : logits.shape[1]]
+
+
 def tta_probs(logit_views: list[Tensor], temperature: float,
               background: float | None = None) -> Tensor:
-    """What the exported model returns: the mean over views of softmax(logits / T), with
-    an implicit background logit b joining each softmax when given (see export)."""
-    out = []
-    for v in logit_views:
-        z = v / temperature
-        if background is not None:
-            z = torch.cat([z, torch.full_like(z[:, :1], background)], 1)
-        out.append(z.softmax(1)[:, : v.shape[1]])
-    return torch.stack(out).mean(0)
+    """What the exported model returns: the mean over views of `calibrated_softmax`."""
+    return torch.stack([calibrated_softmax(v, temperature, background)
+                        for v in logit_views]).mean(0)
 
 
 def fit_temperature(logit_views: list[Tensor], labels: Tensor) -> float:

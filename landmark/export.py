@@ -1,12 +1,16 @@
 """The export contract: one self-contained TorchScript file per model.
 
     m = torch.jit.load(path)
-    probs = m(x)   # x: float32 (N, 3, H, W) RGB in [0, 1], any H, W >= 32 -> (N, C)
+    probs = m(x)        # x: float32 (N, 3, H, W) RGB in [0, 1], any H, W >= 32 -> (N, C)
+    emb = m.embed(x)    # (N, D) L2-normalised embeddings, for places the model never saw
+    probs, emb = m.probs_and_embedding(x)   # both from one pass
 
 Resize, crop and normalisation live inside the file; calibration temperature and the
 optional flip test-time augmentation too. Extra files inside the archive:
 `classes.json` (class folder names in output order) and `metadata.json`.
-This module imports no architecture: serving code uses `load_exported` only.
+This module imports no architecture: serving code uses `load_exported` only; a network
+to export only has to offer `split_head()` -> (features: photo -> (N, D), head:
+features -> logits).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landmark.calibration import calibrated_softmax
 from landmark.presets import EvalPreprocess, Preset
 
 EXTRA_FILES = ("classes.json", "metadata.json")
@@ -32,40 +38,63 @@ class ExportError(RuntimeError):
 
 
 class ExportedClassifier(nn.Module):
-    """Wraps a trained network with its preprocessing and turns logits into probabilities.
+    """Wraps a trained network with its preprocessing: probabilities and embeddings.
 
     With `background` b, an implicit "none of these" logit joins the softmax and is then
-    dropped: p_i = exp(z_i) / (sum_j exp(z_j) + exp(b)), z = logits / T. The top
-    probability then also falls when every logit is low (an energy score), which
-    separates unknown places better, while the ranking of classes stays the same."""
+    dropped (`calibrated_softmax`): the top probability then also falls when every logit
+    is low (an energy score), which separates unknown places better, while the ranking of
+    classes stays the same. The embedding is the features the head sees, through
+    `projection` (identity unless a whitening was learned), L2-normalised."""
 
-    def __init__(self, net: nn.Module, preset: Preset, temperature: float = 1.0,
-                 flip: bool = False, background: float | None = None) -> None:
+    def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
+                 temperature: float = 1.0, flip: bool = False,
+                 background: float | None = None, projection: nn.Module | None = None) -> None:
         super().__init__()
         self.pre = EvalPreprocess(preset)
-        self.net = net
+        self.features, self.head = features, head
+        self.projection = projection if projection is not None else nn.Identity()
         self.temperature = float(temperature)
         self.flip = flip
         self.use_background = background is not None
         self.background = float(background) if background is not None else 0.0
 
     def probs(self, logits: Tensor) -> Tensor:
-        z = logits / self.temperature
-        if self.use_background:
-            z = torch.cat([z, torch.full_like(z[:, :1], self.background)], 1)
-            return z.softmax(1)[:, :-1]
-        return z.softmax(1)
+        background: float | None = self.background if self.use_background else None
+        return calibrated_softmax(logits, self.temperature, background)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor) -> list[Tensor]:
+        """The checked, preprocessed photos' features, and the mirrored view's with flip."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError("expected a float (N, 3, H, W) batch")
         if x.shape[-1] < 32 or x.shape[-2] < 32:
             raise ValueError("images must be at least 32x32 pixels")
         x = self.pre(x.float())
-        probs = self.probs(self.net(x))
+        views = [self.features(x)]
         if self.flip:
-            probs = 0.5 * (probs + self.probs(self.net(x.flip(-1))))
+            views.append(self.features(x.flip(-1)))
+        return views
+
+    def _probs(self, views: list[Tensor]) -> Tensor:
+        probs = self.probs(self.head(views[0]))
+        if len(views) == 2:
+            probs = 0.5 * (probs + self.probs(self.head(views[1])))
         return probs
+
+    def _embed(self, views: list[Tensor]) -> Tensor:
+        mean = views[0] if len(views) == 1 else 0.5 * (views[0] + views[1])
+        return F.normalize(self.projection(mean), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._probs(self._features(x))
+
+    @torch.jit.export
+    def embed(self, x: Tensor) -> Tensor:
+        return self._embed(self._features(x))
+
+    @torch.jit.export
+    def probs_and_embedding(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        views = self._features(x)
+        return self._probs(views), self._embed(views)
 
 
 @dataclass
@@ -77,40 +106,58 @@ class Exported:
     metadata: dict
 
 
-def script(net: nn.Module, preset: Preset, temperature: float = 1.0,
-           flip: bool = False, background: float | None = None) -> torch.jit.ScriptModule:
-    """TorchScript the wrapper: the network is traced at its crop size, the rest scripted."""
-    net = net.eval().to("cpu", memory_format=torch.contiguous_format)
+def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
+         background: float | None = None,
+         projection: nn.Module | None = None) -> ExportedClassifier:
+    """The eager wrapper around `net` (which offers `split_head()`)."""
+    features, head = net.eval().cpu().split_head()
+    return ExportedClassifier(features, head, preset, temperature, flip, background,
+                              projection).eval()
+
+
+def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
+    """TorchScript the wrapper: the networks are traced at the crop size, the rest scripted."""
     example = torch.rand(1, 3, preset.crop_size, preset.crop_size)
     with torch.no_grad():
-        traced = torch.jit.trace(net, example)
-    return torch.jit.script(ExportedClassifier(traced, preset, temperature, flip, background))
+        features = torch.jit.trace(eager.features.to(memory_format=torch.contiguous_format),
+                                   example)
+        pooled = features(example)
+        head = torch.jit.trace(eager.head, pooled)
+        projection = torch.jit.trace(eager.projection, pooled, check_trace=False)
+    background = eager.background if eager.use_background else None
+    return torch.jit.script(ExportedClassifier(features, head, preset, eager.temperature,
+                                               eager.flip, background, projection))
 
 
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
                  flip: bool = False, background: float | None = None,
-                 atol: float = 1e-4) -> Path:
+                 projection: nn.Module | None = None, atol: float = 1e-4) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
-    eager wrapper and the reloaded file, which must agree to within `atol`.
+    eager wrapper and the reloaded file, whose probabilities and embeddings must agree to
+    within `atol`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    eager = ExportedClassifier(net.eval().cpu(), preset, temperature, flip, background).eval()
-    scripted = script(net, preset, temperature, flip, background)
+    eager = wrap(net, preset, temperature, flip, background, projection)
+    scripted = script(eager, preset)
+    with torch.no_grad():
+        dim = eager.embed(samples[0][None]).shape[1]
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
-            "tta_flip": flip, "background_logit": background, "num_classes": len(classes)}
+            "tta_flip": flip, "background_logit": background, "num_classes": len(classes),
+            "embedding_dim": dim}
     extra = {"classes.json": json.dumps(classes), "metadata.json": json.dumps(meta, indent=2)}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.jit.save(scripted, str(tmp), _extra_files=extra)
     loaded = load_exported(tmp)
     with torch.no_grad():
         for img in samples:
-            want, got = eager(img[None]), loaded.module(img[None])
-            diff = (want - got).abs().max().item()
-            if diff > atol or got.shape != (1, len(classes)):
+            want, got = eager.probs_and_embedding(img[None]), loaded.module.probs_and_embedding(
+                img[None])
+            diff = max((w - g).abs().max().item() for w, g in zip(want, got, strict=True))
+            if diff > atol or got[0].shape != (1, len(classes)):
                 tmp.unlink()
                 raise ExportError(f"exported model disagrees with eager model (max diff {diff})")
     tmp.replace(path)

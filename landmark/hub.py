@@ -32,8 +32,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from landmark.data.layout import display_name
 from landmark.export import load_exported
+from landmark.metrics import per_class_rows
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
@@ -102,9 +102,7 @@ def model_card(meta: dict, report: dict, repo_id: str, figures: list[str]) -> st
     if test:
         lines += ["", f"## Per-class accuracy ({split})", "", "| landmark | photos | accuracy |",
                   "|---|---|---|"]
-        for c, v in test["per_class"].items():
-            acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
-            lines.append(f"| {display_name(c)} | {v['support']} | {acc} |")
+        lines += [f"| {name} | {n} | {acc} |" for name, acc, n in per_class_rows(test["per_class"])]
     lines += ["", *[f"![{f}]({f})" for f in figures], "", "## Training command", "",
               "```bash", meta.get("command", "(unknown)"), "```", ""]
     return "\n".join(lines)

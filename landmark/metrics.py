@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from landmark.data.layout import display_name
+
 
 def topk_accuracy(probs: Tensor, labels: Tensor, k: int = 1) -> float:
     """Share of rows whose label is among the k highest scores."""
@@ -32,6 +34,12 @@ def classification_report(probs: Tensor, labels: Tensor, classes: list[str]) -> 
     return {"n": len(labels), "top1": topk_accuracy(probs, labels, 1),
             "top3": topk_accuracy(probs, labels, 3), "per_class": per_class,
             "confusion": cm.tolist()}
+
+
+def per_class_rows(per_class: dict) -> list[tuple[str, str, int]]:
+    """(display name, accuracy as text or "n/a", photos) for each class of a report."""
+    return [(display_name(c), "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}",
+             v["support"]) for c, v in per_class.items()]
 
 
 def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -95,3 +95,16 @@ def threshold_png(known: list[float], unknown: list[float], threshold: float,
     ax.legend(loc="lower left")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def lines_png(series: dict[str, dict[float, float]], path: str | Path, xlabel: str,
+              ylabel: str) -> Path:
+    """One line a series (x -> y), markers at the measured points, y from 0 to 1."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, points in series.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -13,8 +16,10 @@ from landmark.data.layout import display_name
 from landmark.export import MIN_SIDE, load_exported
 from landmark.facts import lookup, nearest
 from landmark.geotag import read_gps
+from landmark.places import Calibration, Place, PlaceIndex, PlaceStore, decide, model_key
 
 GENERIC_HASHTAGS = ("#travel", "#landmark")
+TAUGHT_CACHE = 32  # place stores whose index stays built (the app: one a session)
 MAX_ASPECT = 6.0  # a wider strip than this (a 6:1 panorama) shows too little to call
 
 
@@ -41,7 +46,8 @@ def distinct_tags(tags: list[str]) -> list[str]:
 
 
 class Predictor:
-    """Loads one model file (the export contract) and returns top-k landmarks for photos."""
+    """Loads one model file (the export contract) and returns top-k landmarks for photos:
+    the model's classes and, with a place store, the places a user taught."""
 
     def __init__(self, path: str | Path) -> None:
         exported = load_exported(path)
@@ -52,52 +58,127 @@ class Predictor:
         # decode big photos at reduced scale, still well above what the model resizes to
         self.decode_side = 2 * int(preset.get("resize_size", 256))
         self.reject_threshold = float(self.metadata.get("reject_threshold", 0.0))
+        chosen = self.metadata.get("places", {})
+        self.calibration = Calibration(**{k: chosen[k] for k in ("scale", "shift", "threshold")
+                                          if k in chosen})
+        self._taught: OrderedDict[Path, tuple[tuple, PlaceIndex]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def load(self, src: str | Path | BinaryIO) -> Image.Image:
         """Any photo source -> RGB PIL image, reduced for memory (raises ImageError)."""
         return load_image(src, max_side=self.decode_side)
 
     @torch.no_grad()
-    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
-        """(N, C) probabilities; photos of different sizes run one at a time."""
-        return torch.cat([self.module(to_tensor(img)[None].float() / 255.0)
-                          for img in images])
+    def run(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) probabilities and (N, D) embeddings, from one pass; photos of different
+        sizes run one at a time."""
+        out = [self.module.probs_and_embedding(to_tensor(img)[None].float() / 255.0)
+               for img in images]
+        return torch.cat([p for p, _ in out]), torch.cat([e for _, e in out])
 
     def top_k(self, probs: torch.Tensor, k: int = 3) -> list[dict]:
-        """Top-k [{class, landmark, confidence}] of one probability row, best first."""
+        """Top-k [{class, landmark, confidence, source}] of one probability row."""
         top = probs.topk(min(k, len(self.classes)))
         return [{"class": self.classes[i], "landmark": display_name(self.classes[i]),
-                 "confidence": round(float(p), 4)}
+                 "confidence": round(float(p), 4), "source": "model"}
                 for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
+    def taught(self, store: PlaceStore) -> PlaceIndex:
+        """The index of `store`'s places under this model, rebuilt when the store changes
+        (the last TAUGHT_CACHE stores are kept); a place this model has not embedded yet
+        is embedded from its kept photos."""
+        places = store.places()
+        stamp = tuple((p.slug, p.photos) for p in places)
+        with self._lock:
+            hit = self._taught.get(store.root)
+            if hit is None or hit[0] != stamp:
+                key = model_key(self.path)
+                vectors = [self.place_vectors(store, p, key) for p in places]
+                owners = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)]
+                                        or [np.zeros(0, int)])
+                dim = int(self.metadata.get("embedding_dim", 1))
+                stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+                hit = (stamp, PlaceIndex(stacked, owners, places))
+                self._taught[store.root] = hit
+            self._taught.move_to_end(store.root)
+            while len(self._taught) > TAUGHT_CACHE:
+                self._taught.popitem(last=False)
+            return hit[1]
+
+    def place_vectors(self, store: PlaceStore, place: Place, key: str) -> np.ndarray:
+        """The embeddings of a place's photos under this model (computed once, stored)."""
+        path = store.vectors_file(place, key)
+        if path.exists():
+            return np.load(path)
+        images = [load_image(p, max_side=self.decode_side) for p in store.photo_files(place)]
+        vectors = self.run(images)[1].numpy()
+        store.save_vectors(place, key, vectors)
+        return vectors
+
+    def _candidates(self, probs: torch.Tensor, embedding: torch.Tensor | None, k: int,
+                    places: PlaceStore | None) -> tuple[list[dict], Place | None, bool]:
+        """The top-k of the model's classes and the best taught place, best first; that
+        place; and whether the winner is named (`decide`)."""
+        preds = self.top_k(probs, k)
+        index = self.taught(places) if places is not None and embedding is not None else None
+        place, conf = None, -1.0
+        if index is not None and len(index):
+            owner, sim = index.best(embedding.numpy()[None])
+            place = index.places[int(owner[0])]
+            conf = float(self.calibration.confidence(sim)[0])
+        wins, named = decide(preds[0]["confidence"], conf, self.reject_threshold,
+                             self.calibration.threshold)
+        if place is None:
+            return preds, None, bool(named)
+        hit = {"class": None, "landmark": place.name, "confidence": round(conf, 4),
+               "source": "taught"}
+        ranked = [hit, *preds] if wins else sorted([*preds, hit],
+                                                   key=lambda p: -p["confidence"])
+        return ranked[:k], place if wins else None, bool(named)
+
     def record(self, probs: torch.Tensor | None, k: int = 3,
-               gps: tuple[float, float] | None = None, refused: str | None = None) -> dict:
-        """The tag record of one probability row: predictions, known, location, hashtags,
-        tags, `reason` when no landmark is named, and the photo's own GPS with the
-        nearest known landmark when it has one. A photo `refused` (see `unusable`) gets
-        no predictions."""
-        preds = [] if refused or probs is None else self.top_k(probs, k)
-        known = bool(preds) and preds[0]["confidence"] >= self.reject_threshold
-        fact = lookup(preds[0]["class"]) if known else None
-        result = {"predictions": preds, "known": known,
-                  "location": fact.location() if fact else None,
-                  "hashtags": [*fact.hashtags, *GENERIC_HASHTAGS] if fact else [],
-                  "tags": distinct_tags([fact.landmark, fact.city, fact.country])
-                  if fact else []}
-        if not known:
+               gps: tuple[float, float] | None = None, refused: str | None = None,
+               embedding: torch.Tensor | None = None, places: PlaceStore | None = None,
+               ) -> dict:
+        """The tag record of one probability row (and embedding, for `places` taught):
+        predictions, known, location, hashtags, tags, `reason` when no landmark is
+        named, and the photo's own GPS with the nearest known landmark when it has one.
+        A photo `refused` (see `unusable`) gets no predictions. The model's best class
+        and the best taught place compete by `decide`."""
+        preds, place, known = ([], None, False) if refused or probs is None else \
+            self._candidates(probs, embedding, k, places)
+        result = {"predictions": preds, "known": known, "location": None, "hashtags": [],
+                  "tags": []}
+        if known and place is not None:
+            loc = place.location
+            result.update(location=loc and {"city": loc.city, "country": loc.country,
+                                            "lat": loc.lat, "lon": loc.lon},
+                          hashtags=[*place.hashtags(), *GENERIC_HASHTAGS],
+                          tags=distinct_tags([place.name, *([loc.city, loc.country]
+                                                            if loc else [])]))
+        elif known:
+            fact = lookup(preds[0]["class"])
+            if fact:
+                result.update(location=fact.location(),
+                              hashtags=[*fact.hashtags, *GENERIC_HASHTAGS],
+                              tags=distinct_tags([fact.landmark, fact.city, fact.country]))
+        else:
+            threshold = self.calibration.threshold if place else self.reject_threshold
             result["reason"] = refused or (
-                f"top confidence {preds[0]['confidence']:.2f} is below this model's "
-                f"threshold {self.reject_threshold:.2f}")
+                f"top confidence {preds[0]['confidence']:.2f} is below the threshold "
+                f"{threshold:.2f}")
         if gps:
-            place, km = nearest(*gps)
+            near, km = nearest(*gps)
             result["photo_gps"] = {"lat": gps[0], "lon": gps[1],
-                                   "nearest_landmark": place.landmark,
+                                   "nearest_landmark": near.landmark,
                                    "distance_km": round(km, 1)}
         return result
 
-    def tag(self, src: str | Path, k: int = 3) -> dict:
+    def tag(self, src: str | Path, k: int = 3, places: PlaceStore | None = None) -> dict:
         """The full tag record of one photo file (see `record`)."""
         img = self.load(src)
         refused = unusable(img.size)
-        probs = None if refused else self.probabilities([img])[0]
-        return self.record(probs, k, read_gps(img), refused)
+        if refused:
+            return self.record(None, k, read_gps(img), refused)
+        probs, emb = self.run([img])
+        return self.record(probs[0], k, read_gps(img), None, emb[0], places)

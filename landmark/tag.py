@@ -8,7 +8,9 @@ when the photo carries GPS); a file that cannot be read gets a record with `erro
 the run goes on. Re-running with the same --out resumes: finished files are skipped.
 --shard I/N takes part I (counted from 0, like Kubernetes' JOB_COMPLETION_INDEX) of N of
 the sorted file list, so any scheduler can fan a corpus out. --write-exif DIR writes
-geotagged copies of JPEGs whose landmark is known, mirroring the input tree.
+geotagged copies of JPEGs whose landmark is known, mirroring the input tree. --sidecar
+writes XMP sidecars that photo managers read (see landmark.sidecar); --places adds the
+places taught with `python -m landmark.places`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -37,9 +40,12 @@ from landmark.data.datasets import resolve_workers
 from landmark.data.imageio import ImageError, to_tensor
 from landmark.data.layout import list_images
 from landmark.geotag import GeotagError, geotagged_copy, read_gps
+from landmark.places import PlaceError, PlaceStore
+from landmark.places.store import default_store
 from landmark.predict import Predictor, unusable
 from landmark.presets import cache_image
 from landmark.resolve import resolve
+from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +218,14 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor]:
-    """(batch, probabilities of its readable photos, in order)."""
+def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """(batch, probabilities and embeddings of its readable photos, in order)."""
     ok = [j for j, e in enumerate(batch[2]) if not e]
+    if not ok:
+        return batch, torch.empty(0), torch.empty(0)
     with torch.no_grad():
-        probs = predictor.module(batch[1][ok].float() / 255.0) if ok else torch.empty(0)
-    return batch, probs
+        probs, emb = predictor.module.probs_and_embedding(batch[1][ok].float() / 255.0)
+    return batch, probs, emb
 
 
 def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
@@ -238,13 +246,47 @@ def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,
             raise
 
 
+@dataclass(frozen=True)
+class Sidecars:
+    """Where and how XMP sidecars are written (landmark.sidecar)."""
+
+    root: Path  # the inputs' common folder, mirrored under `folder`
+    folder: Path | None = None  # None: beside each photo
+    naming: str = "full"  # photo.jpg.xmp; "stem": photo.xmp
+    set_gps: bool = False
+    dry_run: bool = False
+
+    def write(self, photo: Path, rec: dict, model: str, say: Callable[..., None]) -> None:
+        """Write one photo's sidecar; failures land on `rec` and, like dry-run changes
+        and notes, are said in one line (`say(text, file=...)`)."""
+        where = mirrored(photo, self.root, self.folder).parent if self.folder else None
+        path = sidecar_path(photo, self.naming, where)
+        try:
+            if where:
+                where.mkdir(parents=True, exist_ok=True)
+            change = write_sidecar(path, rec, model, set_gps=self.set_gps,
+                                   photo_has_gps="photo_gps" in rec, dry_run=self.dry_run)
+        except (SidecarError, OSError) as e:
+            rec["sidecar_error"] = str(e) if isinstance(e, SidecarError) else \
+                f"{path}: cannot write the sidecar here ({e.strerror or e})"
+            say(f"sidecar: {rec['sidecar_error']}", file=sys.stderr)
+            return
+        if photo.is_symlink():
+            say(f"note: {photo} is a link; its sidecar goes beside the link", file=sys.stderr)
+        if self.dry_run:
+            say(change.line(), file=sys.stdout)
+
+
 def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
-        workers: int = -1, exif: tuple[Path, Path] | None = None) -> dict:
+        workers: int = -1, exif: tuple[Path, Path] | None = None,
+        places: PlaceStore | None = None, sidecars: Sidecars | None = None) -> dict:
     """Tag `files` not yet in `out`; returns counts. Batches of at most `batch` photos
     (`even_batches`) run on parallel model streams (`stream_plan`; torch's intra-op thread
     count is lowered for the duration) and are written in order; `workers` -1 picks
     decoding processes by machine (`resolve_workers`), 0 decodes in the main process.
-    `exif` (root, dest): geotagged copies of JPEGs, mirrored from root's tree into dest."""
+    `exif` (root, dest): geotagged copies of JPEGs, mirrored from root's tree into dest.
+    `places`: taught places compete with the model's classes. `sidecars`: XMP sidecars
+    for photo managers."""
     writer = Writer(out)  # repairs a killed run's last line before it is read
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
@@ -254,11 +296,14 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
                         num_workers=resolve_workers(workers, torch.device("cpu")))
     counts = {"tagged": 0, "errors": 0, "skipped_done": len(files) - len(todo)}
     bar = tqdm(total=len(todo), desc="tagging", unit="photo")
+    model = f"{predictor.metadata.get('name', predictor.path.stem)} ({predictor.path.name})"
 
     def finish(job: Future) -> None:
-        for path, rec in _records(*job.result(), todo, predictor, k):
+        for path, rec in _records(*job.result(), todo, predictor, k, places):
             if exif:
                 _write_exif(path, rec, exif)
+            if sidecars and "error" not in rec:
+                sidecars.write(path, rec, model, bar.write)
             writer.write(rec)
             counts["errors" if "error" in rec else "tagged"] += 1
             bar.update()
@@ -272,19 +317,21 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
     return counts
 
 
-def _records(batch: list, probs: torch.Tensor, todo: list[Path], predictor: Predictor,
-             k: int) -> Iterator[tuple[Path, dict]]:
+def _records(batch: list, probs: torch.Tensor, emb: torch.Tensor, todo: list[Path],
+             predictor: Predictor, k: int, places: PlaceStore | None,
+             ) -> Iterator[tuple[Path, dict]]:
     """(file, record) for every photo of a decoded batch, in order."""
     idx, _, errors, refusals, gps = batch
-    rows = iter(probs)  # one per readable photo
+    rows = iter(zip(probs, emb, strict=True))  # one per readable photo
     for i, err, refused, (lat, lon) in zip(idx.tolist(), errors, refusals, gps.tolist(),
                                            strict=True):
         path = todo[i]
         if err:
             yield path, {"file": str(path), "error": err}
             continue
+        p, e = next(rows)
         yield path, {"file": str(path), **predictor.record(
-            next(rows), k, None if math.isnan(lat) else (lat, lon), refused or None)}
+            p, k, None if math.isnan(lat) else (lat, lon), refused or None, e, places)}
 
 
 def _write_exif(path: Path, rec: dict, exif: tuple[Path, Path]) -> None:
@@ -315,18 +362,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=part, default=None, metavar="I/N",
                    help="take part I of N of the sorted file list, I counted from 0 "
                         "(0/4 ... 3/4), for N jobs over one corpus")
+    p.add_argument("--places", type=Path, nargs="?", const=default_store(), default=None,
+                   metavar="DIR", help="recognise taught places too (python -m landmark."
+                   f"places); DIR defaults to the place store, {default_store()}")
     p.add_argument("--write-exif", type=Path, default=None, metavar="DIR",
                    help="write geotagged copies of JPEGs here, mirroring the input tree "
                         "(a photo's own GPS is never overwritten)")
+    x = p.add_argument_group("XMP sidecars, for Immich, digiKam, darktable and Lightroom")
+    x.add_argument("--sidecar", action="store_true",
+                   help="write an XMP sidecar per photo: keywords, Places|Country|City|"
+                        "Landmark, the location shown; existing sidecars are merged")
+    x.add_argument("--sidecar-dir", type=Path, default=None, metavar="DIR",
+                   help="write sidecars under DIR, mirroring the input tree (default: "
+                        "beside each photo)")
+    x.add_argument("--sidecar-name", choices=["full", "stem"], default="full",
+                   help="full: photo.jpg.xmp (Immich, darktable, digiKam; default); "
+                        "stem: photo.xmp (Lightroom)")
+    x.add_argument("--set-gps", action="store_true",
+                   help="also write the landmark's position as the photo's GPS, in the "
+                        "sidecar, for photos without GPS of their own")
+    x.add_argument("--dry-run", action="store_true",
+                   help="print what each sidecar would gain or lose, write none (the tags "
+                        "still go to --out)")
     args = p.parse_args(argv)
+    if (args.sidecar_dir or args.set_gps or args.dry_run) and not args.sidecar:
+        p.error("--sidecar-dir, --set-gps and --dry-run go with --sidecar")
     try:
         files = shard(collect(args.photos), args.shard)
         predictor = Predictor(resolve(args.model))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    exif = (common_root(args.photos), args.write_exif) if args.write_exif else None
-    counts = run(files, predictor, args.out, args.k, args.batch_size, args.workers, exif)
+    root = common_root(args.photos)
+    exif = (root, args.write_exif) if args.write_exif else None
+    sidecars = Sidecars(root, args.sidecar_dir, args.sidecar_name, args.set_gps,
+                        args.dry_run) if args.sidecar else None
+    places = PlaceStore(args.places) if args.places else None
+    try:
+        counts = run(files, predictor, args.out, args.k, args.batch_size, args.workers, exif,
+                     places, sidecars)
+    except PlaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{counts['tagged']} tagged, {counts['errors']} unreadable, "
           f"{counts['skipped_done']} already done -> {args.out}", file=sys.stderr)
     return 0

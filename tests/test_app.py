@@ -302,3 +302,32 @@ def test_app_serves_models_pulled_from_the_hub(tiny_model: Path, tmp_path: Path)
     # the tiny Hub model knows two classes; the bundled scratch model knows 19
     assert {p["class"] for p in result["predictions"]} == {"03.Eiffel_Tower",
                                                            "11.Niagara_Falls"}
+
+
+def test_teach_through_the_api_then_tag_and_sessions_stay_apart(tmp_path: Path) -> None:
+    """Private places (as on Spaces): a visitor teaches a place and their next upload is
+    tagged with it, no restart; another visitor sees none of it. Bad input is one clear
+    message."""
+    from landmark.data.layout import list_images
+    from tests.conftest import SHARED
+    falls = list_images(SHARED.parent / "new_places" / "Comet_Falls")
+    with running_app(HF_HUB_OFFLINE="1", LANDMARK_PRIVATE_PLACES="1",
+                     TMPDIR=str(tmp_path)) as url:
+        alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+        place = alice.predict([handle_file(str(p)) for p in falls[:5]], "Comet Falls",
+                              46.78, -121.77, api_name="/teach")
+        assert place["name"] == "Comet Falls" and place["photos"] == 5
+        tags = [alice.predict(handle_file(str(p)), "transfer", 3, api_name="/tag")
+                for p in falls[5:]]
+        taught = [t for t in tags if t["predictions"][0]["source"] == "taught"]
+        assert taught and taught[0]["predictions"][0]["landmark"] == "Comet Falls"
+        assert [p["name"] for p in alice.predict(api_name="/places")] == ["Comet Falls"]
+        assert bob.predict(api_name="/places") == []
+        assert all(bob.predict(handle_file(str(p)), "transfer", 3, api_name="/tag")
+                   ["predictions"][0]["source"] == "model" for p in falls[5:])
+        with pytest.raises(Exception, match="3 to 20 photos"):
+            bob.predict([handle_file(str(falls[0]))], "One", None, None, api_name="/teach")
+        with pytest.raises(Exception, match="coordinates out of range"):
+            bob.predict([handle_file(str(p)) for p in falls[:3]], "X", 91, 0,
+                        api_name="/teach")
+        assert alice.predict("Comet Falls", api_name="/forget") == []

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -86,3 +88,23 @@ def test_choose_background_only_when_it_helps() -> None:
     assert expected_calibration_error(folded, labels) <= expected_calibration_error(
         plain, labels) + 0.02  # confidences still mean what they say
     assert choose_background([known], [known.clone()], 1.0, labels) is None  # nothing to gain
+
+
+@pytest.mark.parametrize("background", [None, 1.5])
+def test_exported_softmax_is_the_eager_one(tmp_path: Path, background: float | None) -> None:
+    """The background-logit softmax the calibration code tunes is the very one a model
+    file computes: the scripted and the eager results agree."""
+    from landmark.export import export_model, load_exported
+    from landmark.models import create_model
+    from landmark.presets import EvalPreprocess
+    torch.manual_seed(0)
+    net = create_model("tiny_cnn", 3).eval()
+    x = torch.rand(4, 3, 40, 40)
+    path = export_model(net, net.preset, ["a", "b", "c"], {}, tmp_path / "m.pt", [x[0]],
+                        temperature=0.7, background=background)
+    with torch.no_grad():
+        logits = net(EvalPreprocess(net.preset)(x))
+        want = tta_probs([logits], 0.7, background)
+        got = load_exported(path).module(x)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert (got.sum(1) < 1 - 1e-3).all() == (background is not None)

@@ -54,6 +54,12 @@ def test_loaded_file_matches_eager_model(exported: tuple[Path, nn.Module]) -> No
     pre = loaded.module.pre(x)
     want = 0.5 * (net(pre).softmax(1) + net(pre.flip(-1)).softmax(1))
     assert torch.allclose(loaded.module(x), want, atol=1e-5)
+    features, _ = net.split_head()
+    emb = torch.nn.functional.normalize(0.5 * (features(pre) + features(pre.flip(-1))), dim=1)
+    assert torch.allclose(loaded.module.embed(x), emb, atol=1e-5)
+    probs, both = loaded.module.probs_and_embedding(x)
+    assert torch.allclose(probs, want, atol=1e-5) and torch.allclose(both, emb, atol=1e-5)
+    assert loaded.metadata["embedding_dim"] == emb.shape[1] == 256
 
 
 def test_too_small_or_wrong_shape_is_rejected(exported: tuple[Path, nn.Module]) -> None:
@@ -72,6 +78,9 @@ def test_file_is_self_contained_archive(exported: tuple[Path, nn.Module]) -> Non
 class _BranchyNet(nn.Module):
     """Data-dependent control flow: tracing bakes one branch, so the export must notice."""
 
+    def split_head(self) -> tuple[nn.Module, nn.Module]:
+        return self, nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = x.mean((2, 3))
         return logits if x.mean() > 0 else -logits * 5
@@ -85,3 +94,20 @@ def test_export_verification_catches_a_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="disagrees"):
         export_model(_BranchyNet(), preset, CLASSES, {}, tmp_path / "x.pt", [dark, bright])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["transfer", "scratch"])
+def test_bundled_models_gained_embed_and_kept_their_probabilities(name: str) -> None:
+    """models/*.pt were exported again with `embed` (python -m train.reexport): their
+    probabilities equal those the files gave before, recorded in tests/data."""
+    from landmark.data.imageio import to_tensor
+    from landmark.resolve import MODELS_DIR
+    before = json.loads((Path(__file__).parent / "data" / "pre_embed_probs.json")
+                        .read_text())["models"][name]
+    model = load_exported(MODELS_DIR / f"{name}.pt")
+    for photo, want in before.items():
+        x = to_tensor(load_image(MODELS_DIR.parent / "examples" / photo))[None].float() / 255
+        probs, emb = model.module.probs_and_embedding(x)
+        assert torch.allclose(probs[0], torch.tensor(want), atol=2e-6), photo
+        assert emb.shape == (1, model.metadata["embedding_dim"])
+        assert torch.allclose(emb.norm(dim=1), torch.ones(1), atol=1e-5)

@@ -153,19 +153,20 @@ def test_interrupt_drops_queued_batches() -> None:
     from landmark.tag import _in_streams
     calls = []
 
-    def module(x: torch.Tensor) -> torch.Tensor:
+    def both(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(len(x))
         time.sleep(0.05)
-        return x.mean((1, 2, 3))
+        return x.mean((2, 3)), x.mean((2, 3))
 
     batches = [(torch.arange(2), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), ["", ""],
-                torch.zeros(2, 2)) for _ in range(20)]
+                ["", ""], torch.zeros(2, 2)) for _ in range(20)]
 
     def finish(_job: object) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _in_streams(batches, SimpleNamespace(module=module), 2, finish)
+        _in_streams(batches, SimpleNamespace(module=SimpleNamespace(probs_and_embedding=both)),
+                    2, finish)
     assert len(calls) < 3  # without cancelling, all three submitted batches would run
 
 

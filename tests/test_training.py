@@ -120,7 +120,7 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert set(report["open_set"]["auroc_by_score"]) == scores
     assert set(report["open_set"]["auroc_by_score_tune"]) == scores
     # the file, evaluated on its own, reproduces the training-time figures
-    ev = subprocess.run([sys.executable, "-m", "train.evaluate", str(out / "scratch.pt"),
+    ev = subprocess.run([sys.executable, "-m", "landmark.evaluate", str(out / "scratch.pt"),
                          "--data", str(tiny_data), "--out", str(tmp_path / "ev")],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]

@@ -1,1 +1,1 @@
-"""Training entry points: train.scratch, train.transfer and train.evaluate."""
+"""Training entry points: train.scratch, train.transfer and train.crossval."""

@@ -26,16 +26,16 @@ from landmark import checkpoint, plots
 from landmark.cli import part
 from landmark.data import (
     DatasetError,
-    Split,
     TensorImageDataset,
     scan_split,
     split_unknown,
     stratified_split,
 )
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
-from landmark.data.layout import list_images
+from landmark.data.layout import unknown_split
 from landmark.engine import TrainConfig, Trainer
 from landmark.export import export_model
+from landmark.metrics import per_class_rows
 from landmark.presets import Preset, eval_transform, train_transform
 from train.assess import assess
 
@@ -127,9 +127,9 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
     if (args.data / "test").is_dir():
         splits["test"] = scan_split(args.data, "test", classes=full.classes)
     unknown = args.unknown or args.data / "unknown"
-    if unknown.is_dir() and list_images(unknown):
-        paths = list_images(unknown)
-        splits["unknown"] = Split(paths, [-1] * len(paths), full.classes)
+    others = unknown_split(unknown, full.classes)
+    if others:
+        splits["unknown"] = others
     cache = None if args.no_cache else args.cache_dir
     out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
            for k, s in splits.items() if s.paths}
@@ -319,6 +319,5 @@ def write_report(report: dict, history: list[dict], classes: list[str], export: 
                           title=f"{export.name}: {split}, ECE {report[split]['ece_before']:.3f}"
                                 f" -> {report[split]['ece_after']:.3f}")
     log.info("per-class %s accuracy:", split)
-    for c, v in report[split]["per_class"].items():
-        acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
-        log.info("  %-40s %s  (%d photos)", c, acc, v["support"])
+    for name, acc, n in per_class_rows(report[split]["per_class"]):
+        log.info("  %-40s %s  (%d photos)", name, acc, n)

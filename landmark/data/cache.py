@@ -14,12 +14,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from landmark import checkpoint
-from landmark.data.imageio import ImageError, load_image
+from landmark.data.imageio import ImageError, load_image, to_tensor
 from landmark.data.layout import Split
 from landmark.presets import cache_image
 
@@ -53,8 +52,7 @@ def _decode(args: tuple[str, int, str]) -> tuple[torch.Tensor | None, str]:
         img = load_image(path, max_side=size * 2)
     except ImageError as e:
         return None, str(e)
-    arr = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-    return cache_image(arr, size, interpolation), ""
+    return cache_image(to_tensor(img), size, interpolation), ""
 
 
 def _key(split: Split, size: int, interpolation: str) -> str:

@@ -51,3 +51,9 @@ def scan_split(root: str | Path, split: str, classes: list[str] | None = None) -
     if not paths:
         raise DatasetError(f"no images found in {folder} (expected {folder}/NN.Class_Name/*.jpg)")
     return Split(paths, labels, list(classes))
+
+
+def unknown_split(folder: Path, classes: list[str]) -> Split | None:
+    """Photos of other places (labelled -1) below `folder`, or None when it has none."""
+    paths = list_images(folder) if folder.is_dir() else []
+    return Split(paths, [-1] * len(paths), classes) if paths else None

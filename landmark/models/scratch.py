@@ -58,6 +58,10 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
+    def split_head(self) -> tuple[nn.Module, nn.Module]:
+        """(photo -> pooled features, pooled features -> logits), sharing the weights."""
+        return nn.Sequential(self.features, *self.head[:2]), self.head[2:]
+
 
 def _init(model: nn.Module) -> nn.Module:
     for m in model.modules():

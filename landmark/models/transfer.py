@@ -50,6 +50,10 @@ class TransferNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
 
+    def split_head(self) -> tuple[nn.Module, nn.Module]:
+        """(photo -> pooled features, pooled features -> logits), sharing the weights."""
+        return self.backbone, self.head
+
 
 def _unavailable(name: str, err: Exception) -> BackboneUnavailable:
     return BackboneUnavailable(

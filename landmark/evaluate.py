@@ -1,6 +1,6 @@
 """Evaluate any model file that follows the export contract.
 
-    python -m train.evaluate models/transfer.pt --data ../shared/data/landmark_images
+    python -m landmark.evaluate models/transfer.pt --data ../shared/data/landmark_images
 
 Prints and writes (beside the model, or --out): top-1/top-3, per-class accuracy, ECE with
 a reliability diagram, and the open-set figures at the model's own reject_threshold:
@@ -20,11 +20,11 @@ import torch
 
 from landmark import plots
 from landmark.calibration import expected_calibration_error, open_set_report, reliability_bins
-from landmark.data import DatasetError, Split, scan_split, split_unknown
+from landmark.data import DatasetError, scan_split, split_unknown
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
-from landmark.data.layout import display_name, list_images
+from landmark.data.layout import unknown_split
 from landmark.export import Exported, load_exported
-from landmark.metrics import classification_report
+from landmark.metrics import classification_report, per_class_rows
 
 
 @torch.no_grad()
@@ -48,11 +48,9 @@ def evaluate(model_path: Path, data_root: Path, unknown: Path | None, split: str
     report.update(model=str(model_path), split=split,
                   ece=expected_calibration_error(probs, known.labels),
                   reliability=reliability_bins(probs, known.labels))
-    unknown = unknown or data_root / "unknown"
-    if unknown.is_dir() and list_images(unknown):
-        paths = list_images(unknown)
-        unk = cached_split(Split(paths, [-1] * len(paths), model.classes), size, interp,
-                           cache_dir, desc="unknown")
+    others = unknown_split(unknown or data_root / "unknown", model.classes)
+    if others:
+        unk = cached_split(others, size, interp, cache_dir, desc="unknown")
         keep = list(range(len(unk.paths))) if all_unknown else split_unknown(len(unk.paths))["hold"]
         unk_scores = file_probs(model, unk).max(1).values[keep]
         report["open_set"] = open_set_report(probs.max(1).values, unk_scores,
@@ -64,8 +62,8 @@ def evaluate(model_path: Path, data_root: Path, unknown: Path | None, split: str
 def print_report(r: dict) -> None:
     print(f"{r['model']} on {r['split']} ({r['n']} photos): top-1 {r['top1']:.4f}  "
           f"top-3 {r['top3']:.4f}  ECE {r['ece']:.4f}")
-    for c, v in r["per_class"].items():
-        print(f"  {display_name(c):40s} {v['accuracy']:.3f}  ({v['support']} photos)")
+    for name, acc, n in per_class_rows(r["per_class"]):
+        print(f"  {name:40s} {acc}  ({n} photos)")
     if "open_set" in r:
         o = r["open_set"]
         print(f"open set ({o['n_known']} known vs {o['n_unknown']} unknown, "
@@ -75,7 +73,7 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m landmark.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="TorchScript model file")
     p.add_argument("--data", type=Path, required=True, help="dataset root (with test/)")

@@ -1,0 +1,177 @@
+"""Teaching new places: accuracy against shots, the open world, adding, and scale.
+
+    python -m bench.places --data ../shared/data/landmark_images \
+        --places ../shared/data/new_places [--models transfer scratch]
+
+- Accuracy: among the 58 places of --places, for 1, 3, 5 and 10 taught photos a place
+  (seeded; the rest queried), top-1 of the nearest taught photo; a PNG beside.
+- Open world: the protocol of `python -m train.places` (two folds over places).
+- Adding a place of 10 photos through `landmark.places.teach`, and tagging latency with
+  1e5 stored vectors against none.
+- Scale: query latency p50/p95 and index memory for 1e3, 1e5 and 1e6 synthetic unit
+  vectors of the transfer model's size, exact (FAISS flat) and HNSW.
+Writes its section of BENCHMARKS.md and bench/results/places_shots.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.report import update_section
+from landmark import plots
+from landmark.cli import add_data_arg
+from landmark.data import split_unknown
+from landmark.data.layout import list_images
+from landmark.metrics import wilson_interval
+from landmark.places import PlaceStore, model_key
+from landmark.places.teach import teach
+from landmark.predict import Predictor
+from landmark.resolve import resolve
+from train import places as protocol
+
+SHOTS = (1, 3, 5, 10)
+HNSW_MOST = 100_000  # larger HNSW builds take too long for a 2-core benchmark run
+RESULTS = Path(__file__).parent / "results"
+
+
+def shots_curve(out: protocol.Outputs) -> dict[int, tuple[float, int]]:
+    """Shots -> (top-1 among the places, queries)."""
+    curve = {}
+    for k in SHOTS:
+        taught, queries = protocol.shots(out.labels, k)
+        owner, _ = protocol.nearest(out, taught, out.emb[queries])
+        curve[k] = (float((owner == out.labels[queries]).mean()), len(queries))
+    return curve
+
+
+def timed(fn: object, n: int) -> tuple[float, float]:
+    """p50 and p95 in ms of `n` calls."""
+    lat = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        lat.append((time.perf_counter() - start) * 1000)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+def scale_rows(dim: int, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)) -> list[str]:
+    """Latency and memory of exact and HNSW indexes over synthetic unit vectors."""
+    import faiss
+    gen = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        vectors = gen.standard_normal((n, dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        queries = vectors[gen.integers(0, n, 200)] + 0.01
+        for kind in ("exact", "HNSW"):
+            if kind == "HNSW" and n > HNSW_MOST:
+                rows.append(f"| {n:,} | HNSW | not built: about {n // HNSW_MOST}x the "
+                            f"{HNSW_MOST:,} build time on this CPU | | | |")
+                continue
+            start = time.perf_counter()
+            index = faiss.IndexFlatIP(dim) if kind == "exact" else \
+                faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.add(vectors)
+            build = time.perf_counter() - start
+            p50, p95 = timed(lambda q=queries, i=index: i.search(q[:1], 1), 200)
+            size = (n * dim * 4 + (index.ntotal * 32 * 2 * 4 if kind == "HNSW" else 0)) / 2**20
+            rows.append(f"| {n:,} | {kind} | {build:.1f} | {p50:.2f} | {p95:.2f} | "
+                        f"{size:,.0f} |")
+            print(rows[-1], flush=True)
+            del index
+    return rows
+
+
+def add_and_tag(predictor: Predictor, places_dir: Path, photo: Path) -> tuple[float, list]:
+    """Seconds to teach a place of 10 photos; tagging p50/p95 with no place and with
+    1e5 stored vectors."""
+    folder = max((d for d in places_dir.iterdir() if d.is_dir()),
+                 key=lambda d: len(list_images(d)))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PlaceStore(Path(tmp))
+        start = time.perf_counter()
+        teach(store, [predictor], "Bench place", list_images(folder)[:10])
+        seconds = time.perf_counter() - start
+        plain = timed(lambda: predictor.tag(photo), 30)
+        place = store.places()[0]
+        taught = store.vectors_file(place, model_key(predictor.path))
+        gen = np.random.default_rng(0)
+        big = gen.standard_normal((100_000, np.load(taught).shape[1]), dtype=np.float32)
+        big /= np.linalg.norm(big, axis=1, keepdims=True)
+        store.save_vectors(place, model_key(predictor.path),
+                           np.concatenate([np.load(taught), big]))  # the place, + 1e5
+        predictor.tag(photo, 3, store)  # builds the index once, as the first tag does
+        with_places = timed(lambda: predictor.tag(photo, 3, store), 30)
+    return seconds, [plain, with_places]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arg(p)
+    p.add_argument("--places", type=Path, required=True, help="new_places-style folder")
+    p.add_argument("--models", nargs="+", default=["transfer", "scratch"],
+                   help="model names or .pt files")
+    p.add_argument("--no-scale", action="store_true", help="skip the synthetic scale part")
+    args = p.parse_args()
+    names, files, labels, shown = protocol.place_photos(args.places)
+    unknown_files = list_images(args.data / "unknown")
+    parts = split_unknown(len(unknown_files))
+    other = np.array([f.name not in shown for f in unknown_files])
+    tune = np.array([i for i in parts["tune"] if other[i]])
+    hold = np.array([i for i in parts["hold"] if other[i]])
+    lines = [f"{len(names)} places, {len(files)} photos (`{args.places}`); unknown photos of "
+             f"places not taught: {len(tune)} tuning, {len(hold)} held out. Accuracy: top-1 "
+             "of the nearest taught photo among the places alone.", "",
+             "| model | " + " | ".join(f"{k} shot{'s' * (k > 1)}" for k in SHOTS) + " |",
+             "|---|" + "---|" * len(SHOTS)]
+    curves, worlds, speed = {}, [], []
+    for name in args.models:
+        predictor = Predictor(resolve(name))
+        out = protocol.run_model(predictor, files, labels, f"{name}: places")
+        unknown = protocol.run_model(predictor, unknown_files, [-1] * len(unknown_files),
+                                     f"{name}: unknown")
+        curves[name] = shots_curve(out)
+        lines.append(f"| {name} | " + " | ".join(
+            f"{a:.3f} ({lo:.3f}–{hi:.3f})" for a, n in curves[name].values()
+            for lo, hi in [wilson_interval(a, n)]) + " |")
+        cf = protocol.cross_fit(out, unknown, tune, hold, predictor.reject_threshold, 5)
+        worlds.append(f"| {name} | {cf['queries']} | {cf['named_right']:.3f} "
+                      f"({cf['named_right_ci'][0]:.3f}–{cf['named_right_ci'][1]:.3f}) | "
+                      f"{cf['unknown']} | {cf['unknown_rejected']:.3f} "
+                      f"({cf['unknown_rejected_ci'][0]:.3f}–{cf['unknown_rejected_ci'][1]:.3f}) |")
+        seconds, ((p50, p95), (q50, q95)) = add_and_tag(
+            predictor, args.places, files[0])
+        speed.append(f"| {name} | {seconds:.2f} | {p50:.1f} / {p95:.1f} | "
+                     f"{q50:.1f} / {q95:.1f} | {q50 / p50 - 1:+.0%} |")
+    RESULTS.mkdir(exist_ok=True)
+    plots.lines_png({n: {k: a for k, (a, _) in c.items()} for n, c in curves.items()},
+                    RESULTS / "places_shots.png", "taught photos a place",
+                    f"top-1 among {len(names)} new places")
+    lines += ["", "![accuracy against shots](bench/results/places_shots.png)", "",
+              "Open world, 5 shots: the model's classes and every place together; the "
+              "similarity-to-confidence mapping and place threshold chosen on one half of "
+              "the places and the tuning unknown photos, scored on the other half and the "
+              "held-out unknown photos, halves swapped and pooled (`python -m train.places`).",
+              "", "| model | queries | named right and accepted | unknown photos | "
+              "unknown rejected |", "|---|---|---|---|---|", *worlds, "",
+              "Adding a place of 10 photos (decode, keep, embed, locate) and tagging one "
+              "photo (`Predictor.tag`, ms p50 / p95) with no places and with 1e5 stored "
+              "vectors:", "", "| model | add 10 photos (s) | tag, no places | "
+              "tag, 1e5 vectors | change |", "|---|---|---|---|---|", *speed]
+    if not args.no_scale:
+        dim = Predictor(resolve(args.models[0])).metadata["embedding_dim"]
+        lines += ["", f"Index scale, {dim}-d synthetic unit vectors, one query at a time "
+                  "(FAISS; memory: the vectors, plus HNSW's links at M = 32):", "",
+                  "| vectors | index | build (s) | p50 (ms) | p95 (ms) | index MB |",
+                  "|---|---|---|---|---|---|", *scale_rows(dim)]
+    update_section("places", "Teaching new places", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

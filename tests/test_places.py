@@ -1,0 +1,193 @@
+"""Teaching new places: the store, its checks, recognition and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landmark.data.layout import list_images
+from landmark.geotag import geotag_jpeg
+from landmark.places import PlaceError, PlaceIndex, PlaceStore
+from landmark.places import index as place_index
+from landmark.places.teach import teach
+from landmark.predict import Predictor
+from landmark.resolve import MODELS_DIR
+from tests.conftest import REPO, SHARED
+
+NEW_PLACES = SHARED.parent / "new_places"
+FALLS = NEW_PLACES / "Comet_Falls"  # 9 photos the shipped transfer model tells apart
+
+
+@pytest.fixture(scope="module")
+def transfer() -> Predictor:
+    return Predictor(MODELS_DIR / "transfer.pt")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> PlaceStore:
+    return PlaceStore(tmp_path / "store")
+
+
+def _photos(folder: Path = FALLS) -> list[Path]:
+    photos = list_images(folder)
+    if not photos:
+        pytest.fail(f"shared photos missing: {folder}")
+    return photos
+
+
+def test_taught_place_is_recognised_at_once_and_forgotten(transfer: Predictor,
+                                                          store: PlaceStore) -> None:
+    photos = _photos()
+    place = teach(store, [transfer], "Comet Falls", photos[:5], 46.7806, -121.7715)
+    assert place.location.country == "United States" and place.location.source == "given"
+    records = [transfer.tag(p, 3, store) for p in photos[5:]]
+    named = [r for r in records if r["known"] and r["predictions"][0]["source"] == "taught"]
+    assert len(named) >= 2, records
+    top = named[0]["predictions"][0]
+    assert top["landmark"] == "Comet Falls" and top["class"] is None
+    assert 0 < top["confidence"] <= 1
+    assert named[0]["location"]["lat"] == pytest.approx(46.7806)
+    assert "#CometFalls" in named[0]["hashtags"] and named[0]["tags"][0] == "Comet Falls"
+    # a landmark the model knows is still the model's
+    eiffel = transfer.tag(REPO / "examples" / "eiffel_tower.jpg", 3, store)
+    assert eiffel["predictions"][0]["class"] == "03.Eiffel_Tower" and eiffel["known"]
+    store.remove("comet falls")
+    assert all(transfer.tag(p, 3, store)["predictions"][0]["source"] == "model"
+               for p in photos[5:])
+    assert not list((store.root / "photos").iterdir())
+    assert not list((store.root / "vectors").rglob("*.npy"))
+
+
+def test_location_comes_from_the_photos_gps(transfer: Predictor, store: PlaceStore,
+                                            tmp_path: Path) -> None:
+    fixes = [(47.6205, -122.3493), (47.6206, -122.3490), (47.6204, -122.3495), (10.0, 10.0)]
+    photos = []
+    for i, (src, (lat, lon)) in enumerate(zip(_photos(), fixes, strict=False)):
+        out = tmp_path / f"{i}.jpg"
+        out.write_bytes(geotag_jpeg(src.read_bytes(), lat, lon, "x"))
+        photos.append(out)
+    place = teach(store, [transfer], "Needle Park", photos)
+    loc = place.location
+    assert loc.source == "GPS of 4 photo(s)" and loc.city == "Seattle"
+    assert (loc.lat, loc.lon) == pytest.approx((47.62045, -122.34915), abs=1e-6)  # median
+
+
+@pytest.mark.parametrize(("name", "files", "coords", "message"), [
+    ("Two Photos", 2, None, "3 to 20 photos"),
+    ("", 5, None, "give the place a name"),
+    ("Tab\there", 5, None, "control characters"),
+    ("Eiffel tower", 5, None, "one of the model's own landmarks"),
+    ("Far Away", 5, (95.0, 0.0), "out of range"),
+    ("Half", 5, (45.0, None), "both latitude and longitude"),
+])
+def test_bad_input_is_one_clear_message_and_writes_nothing(
+        transfer: Predictor, store: PlaceStore, name: str, files: int,
+        coords: tuple | None, message: str) -> None:
+    lat, lon = coords or (None, None)
+    with pytest.raises(PlaceError, match=message):
+        teach(store, [transfer], name, _photos()[:files], lat, lon)
+    assert store.places() == []
+    assert not (store.root / "photos").exists() or not list((store.root / "photos").iterdir())
+
+
+def test_non_images_among_the_photos_are_listed(transfer: Predictor, store: PlaceStore,
+                                                tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    with pytest.raises(PlaceError, match=r"1 of 5 files are not usable photos: notes.txt"):
+        teach(store, [transfer], "Falls", [*_photos()[:4], notes])
+    assert store.places() == []
+
+
+def test_names_are_text_and_unique(transfer: Predictor, store: PlaceStore) -> None:
+    html = '<img src=x onerror="alert(1)">'
+    place = teach(store, [transfer], html, _photos()[:3])
+    assert store.get(html).name == html and place.slug.startswith("img-src-x")
+    with pytest.raises(PlaceError, match="exists already"):
+        teach(store, [transfer], html.upper(), _photos()[3:6])
+    with pytest.raises(PlaceError, match="no place named"):
+        store.remove("nowhere")
+
+
+def test_concurrent_adds_lose_nothing(transfer: Predictor, store: PlaceStore) -> None:
+    names = [f"Place {i}" for i in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda n: teach(store, [transfer], n, _photos()[:3]), names))
+    assert sorted(p.name for p in store.places()) == names
+    assert len(list((store.root / "photos").iterdir())) == 6
+
+
+def test_corrupt_or_unwritable_store_is_one_clear_message(transfer: Predictor,
+                                                         store: PlaceStore) -> None:
+    teach(store, [transfer], "Falls", _photos()[:3])
+    store.index_file.write_text("{ not json")
+    with pytest.raises(PlaceError, match="corrupt"):
+        store.places()
+    with pytest.raises(PlaceError, match="corrupt"):
+        transfer.tag(_photos()[4], 3, store)
+    blocked = store.root.parent / "a_file"
+    blocked.write_text("in the way")
+    with pytest.raises(PlaceError, match="cannot create the place store"):
+        teach(PlaceStore(blocked / "store"), [transfer], "Falls again", _photos()[:3])
+
+
+def test_hnsw_past_the_exact_size_finds_the_same_neighbours(monkeypatch: pytest.MonkeyPatch,
+                                                            ) -> None:
+    gen = np.random.default_rng(0)
+    vectors = gen.normal(size=(3000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    owners = np.arange(3000) // 10
+    queries = vectors[::7] + 0.05 * gen.normal(size=(429, 64)).astype(np.float32)
+    exact = PlaceIndex(vectors, owners, [])
+    monkeypatch.setattr(place_index, "EXACT_MAX", 1000)
+    approx = PlaceIndex(vectors, owners, [])
+    assert "HNSW" in type(approx.index).__name__ and "Flat" in type(exact.index).__name__
+    same = (exact.best(queries)[0] == approx.best(queries)[0]).mean()
+    assert same > 0.98
+
+
+def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "landmark.places", "--store", str(store),
+                           "--model", "transfer", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "LANDMARK_HUB_REPO": "off"})
+
+
+def test_cli_add_list_import_remove_and_batch_tagging(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    res = _cli("add", "Comet Falls", *map(str, _photos()[:5]), "--lat", "46.78",
+               "--lon", "-121.77", store=store)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = _cli("add", "Comet Falls", *map(str, _photos()[:5]), store=store)
+    assert again.returncode == 1 and "error: a place named 'Comet Falls' exists already" \
+        in again.stderr and "Traceback" not in again.stderr
+    root = tmp_path / "two"
+    for name in ("Comet_Falls", "Riverfront_Park_Carousel"):
+        shutil.copytree(NEW_PLACES / name, root / name)
+    info = json.loads((NEW_PLACES / "places.json").read_text())
+    (root / "places.json").write_text(json.dumps({"Riverfront_Park_Carousel": info[
+        "Riverfront_Park_Carousel"]}))
+    res = _cli("import", str(root), "--most", "5", store=store)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "taught 1 place(s), skipped 1" in res.stdout and "exists already" in res.stderr
+    listed = _cli("list", store=store).stdout
+    assert "Comet Falls\t5 photos" in listed and "Riverfront Park Carousel" in listed
+    assert "Spokane" in listed
+    out = tmp_path / "tags.jsonl"
+    tag = subprocess.run([sys.executable, "-m", "landmark.tag", str(FALLS), "--model",
+                          "transfer", "--places", str(store), "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "LANDMARK_HUB_REPO": "off"})
+    assert tag.returncode == 0, tag.stderr[-2000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    taught = [r for r in recs if r["known"] and r["predictions"][0]["source"] == "taught"]
+    assert len(taught) >= 5 and taught[0]["predictions"][0]["landmark"] == "Comet Falls"
+    assert _cli("remove", "Comet Falls", store=store).returncode == 0
+    assert "Comet Falls" not in _cli("list", store=store).stdout

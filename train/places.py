@@ -1,0 +1,245 @@
+"""Choose how taught places compete with a model's classes, on places it never saw.
+
+    python -m train.places models/transfer.pt --places ../shared/data/new_places \
+        --data ../shared/data/landmark_images [--write]
+
+Protocol (fixed): in every place of --places (one folder a place, places.json beside),
+a seeded --shots photos are taught and the rest are queries. A query's similarity is its
+cosine to the nearest taught photo (landmark.places.PlaceIndex, as served).
+- The mapping similarity -> confidence (a logistic fit: is the nearest place right?) and
+  the place threshold are chosen on half the places and the tuning half of unknown/,
+  then scored on the other half of the places and the held-out half of unknown/; the
+  two halves swap and the scores pool. Unknown photos that places.json lists as showing
+  a place (`also_in_unknown`) are left out: with every place taught they are not unknown.
+- The threshold maximises new-place queries named right + unknown photos rejected
+  (shares), the rule the model's own threshold follows, under `decide`.
+- Open world: the model's 19 classes and all places together, on test/ as well.
+--write stores the mapping fit on all places in the file's metadata["places"] (the model
+file is exported again; its probabilities do not change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from landmark.data import scan_split, split_unknown
+from landmark.data.imageio import load_image
+from landmark.data.layout import list_images
+from landmark.metrics import wilson_interval
+from landmark.places import Calibration, PlaceIndex, decide
+from landmark.predict import Predictor
+
+
+@dataclass
+class Outputs:
+    """A model's outputs on a set of photos: top class probability and class, embeddings,
+    and each photo's label (place or class index; -1 for unknown)."""
+
+    conf: np.ndarray
+    cls: np.ndarray
+    emb: np.ndarray
+    labels: np.ndarray
+    files: list[str]
+
+
+def run_model(predictor: Predictor, files: list[Path], labels: list[int],
+              desc: str) -> Outputs:
+    """Probabilities and embeddings of every photo, decoded as the app decodes them."""
+    conf, cls, emb = [], [], []
+    for f in tqdm(files, desc=desc, unit="photo"):
+        probs, e = predictor.run([load_image(f, max_side=predictor.decode_side)])
+        top = probs[0].max(0)
+        conf.append(top.values.item())
+        cls.append(top.indices.item())
+        emb.append(e[0].numpy())
+    return Outputs(np.array(conf), np.array(cls), np.stack(emb), np.array(labels),
+                   [str(f) for f in files])
+
+
+def place_photos(root: Path) -> tuple[list[str], list[Path], list[int], set[str]]:
+    """(place names, photo files, their place index, unknown/ files showing a place)."""
+    info = json.loads((root / "places.json").read_text())
+    names = sorted(info)
+    files, labels = [], []
+    for i, name in enumerate(names):
+        photos = list_images(root / name)
+        files += photos
+        labels += [i] * len(photos)
+    shown = {f for meta in info.values() for f in meta.get("also_in_unknown", [])}
+    return names, files, labels, shown
+
+
+def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(taught, queried) indices: a seeded k photos of every place taught, the rest
+    queried; a place with k photos or fewer keeps one query."""
+    gen = torch.Generator().manual_seed(seed)
+    taught, queried = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
+        n = min(k, len(idx) - 1)
+        taught += idx[:n].tolist()
+        queried += idx[n:].tolist()
+    return np.array(taught), np.array(queried)
+
+
+def nearest(places: Outputs, taught: np.ndarray, queries: np.ndarray,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(place, similarity) of each query's nearest taught photo, via the served index."""
+    index = PlaceIndex(places.emb[taught], places.labels[taught], [])
+    return index.best(queries)
+
+
+def fit_mapping(sim: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """(scale, shift) of sigmoid(scale * (sim - shift)) ~ P(nearest place is right)."""
+    s = torch.tensor(sim, dtype=torch.float64)
+    y = torch.tensor(right, dtype=torch.float64)
+    a = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(float(np.median(sim)), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], max_iter=200)
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        out = torch.nn.functional.binary_cross_entropy_with_logits(a * (s - b), y)
+        out.backward()
+        return out
+
+    opt.step(loss)
+    return a.item(), b.item()
+
+
+@dataclass
+class Scene:
+    """One open-world setting: queries of taught places and unknown photos, each with the
+    model's top class confidence and the nearest place's similarity and rightness."""
+
+    q_conf: np.ndarray
+    q_sim: np.ndarray
+    q_right: np.ndarray
+    u_conf: np.ndarray
+    u_sim: np.ndarray
+
+    def scores(self, cal: Calibration, class_threshold: float) -> tuple[float, float]:
+        """(share of queries named right, share of unknown photos rejected)."""
+        q_wins, q_named = decide(self.q_conf, cal.confidence(self.q_sim), class_threshold,
+                                 cal.threshold)
+        _, u_named = decide(self.u_conf, cal.confidence(self.u_sim), class_threshold,
+                            cal.threshold)
+        return float((q_wins & q_named & self.q_right).mean()), float((~u_named).mean())
+
+
+def choose(scene: Scene, class_threshold: float) -> Calibration:
+    """The mapping fit on the scene's queries, and the threshold maximising queries named
+    right + unknown rejected."""
+    scale, shift = fit_mapping(np.concatenate([scene.q_sim, scene.u_sim]),
+                               np.concatenate([scene.q_right, np.zeros(len(scene.u_sim))]))
+    best = max(np.linspace(0.05, 0.99, 189),
+               key=lambda t: sum(scene.scores(Calibration(scale, shift, t), class_threshold)))
+    return Calibration(round(scale, 4), round(shift, 4), round(float(best), 4))
+
+
+def scene(places: Outputs, unknown: Outputs, keep: np.ndarray, k: int, seed: int) -> Scene:
+    """All places taught with k shots; queries of the places in `keep`; unknown photos."""
+    taught, queries = shots(places.labels, k, seed)
+    queries = queries[np.isin(places.labels[queries], keep)]
+    owner, sim = nearest(places, taught, places.emb[queries])
+    _, u_sim = nearest(places, taught, unknown.emb)
+    return Scene(places.conf[queries], sim, owner == places.labels[queries], unknown.conf,
+                 u_sim)
+
+
+def subset(o: Outputs, idx: np.ndarray) -> Outputs:
+    return Outputs(o.conf[idx], o.cls[idx], o.emb[idx], o.labels[idx],
+                   [o.files[i] for i in idx])
+
+
+def cross_fit(places: Outputs, unknown: Outputs, tune: np.ndarray, hold: np.ndarray,
+              class_threshold: float, k: int, seed: int = 0) -> dict:
+    """Two folds over places: choose on one half (+ unknown tuning photos), score on the
+    other (+ held-out unknown photos); pooled counts."""
+    order = torch.randperm(int(places.labels.max()) + 1,
+                           generator=torch.Generator().manual_seed(seed)).numpy()
+    halves = (order[::2], order[1::2])
+    named = queries = rejected = scored = 0
+    folds = []
+    for fit_half, score_half in (halves, halves[::-1]):
+        cal = choose(scene(places, subset(unknown, tune), fit_half, k, seed), class_threshold)
+        held = scene(places, subset(unknown, hold), score_half, k, seed)
+        right, rej = held.scores(cal, class_threshold)
+        named += right * len(held.q_sim)
+        queries += len(held.q_sim)
+        rejected += rej * len(held.u_sim)
+        scored += len(held.u_sim)
+        folds.append(asdict(cal))
+    return {"queries": queries, "named_right": named / queries,
+            "named_right_ci": wilson_interval(named / queries, queries),
+            "unknown": len(hold), "unknown_rejected": rejected / scored,
+            "unknown_rejected_ci": wilson_interval(rejected / scored, len(hold)),
+            "folds": folds}
+
+
+def test_drop(predictor: Predictor, test: Outputs, places: Outputs, cal: Calibration,
+              k: int, seed: int = 0) -> dict:
+    """test/ top-1 without and with every place taught (a place that wins is wrong)."""
+    taught, _ = shots(places.labels, k, seed)
+    _, sim = nearest(places, taught, test.emb)
+    wins, _ = decide(test.conf, cal.confidence(sim), predictor.reject_threshold,
+                     cal.threshold)
+    right = test.cls == test.labels
+    return {"photos": len(test.labels), "top1_without": float(right.mean()),
+            "top1_with": float((right & ~wins).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.places", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="model file (with embed)")
+    p.add_argument("--places", type=Path, required=True, help="new_places-style folder")
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset root with test/ and unknown/")
+    p.add_argument("--shots", type=int, default=5, help="photos taught a place (default 5)")
+    p.add_argument("--write", action="store_true",
+                   help="store the mapping in the model file's metadata")
+    p.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    predictor = Predictor(args.model)
+    names, files, labels, shown = place_photos(args.places)
+    place_out = run_model(predictor, files, labels, "places")
+    unknown_files = list_images(args.data / "unknown")
+    parts = split_unknown(len(unknown_files))
+    other = np.array([f.name not in shown for f in unknown_files])
+    unknown = run_model(predictor, unknown_files, [-1] * len(unknown_files), "unknown")
+    tune = np.array([i for i in parts["tune"] if other[i]])
+    hold = np.array([i for i in parts["hold"] if other[i]])
+    test = scan_split(args.data, "test", predictor.classes)
+    test_out = run_model(predictor, test.paths, test.labels, "test")
+    report = {"model": str(args.model), "places": len(names), "shots": args.shots,
+              "cross_fit": cross_fit(place_out, unknown, tune, hold,
+                                     predictor.reject_threshold, args.shots)}
+    cal = choose(scene(place_out, subset(unknown, tune), np.arange(len(names)), args.shots, 0),
+                 predictor.reject_threshold)
+    report["shipped"] = asdict(cal)
+    report["test"] = test_drop(predictor, test_out, place_out, cal, args.shots)
+    print(json.dumps(report, indent=2))
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+    if args.write:
+        from train.reexport import reexport
+        chosen = {**asdict(cal), "chosen_on": f"{args.places.name}: {len(names)} places, "
+                  f"{args.shots} shots, + tuning half of unknown/ (python -m train.places)"}
+        reexport(args.model, args.model, "python -m train.places " + " ".join(
+            argv or sys.argv[1:]), places=chosen)
+        print(f"wrote metadata['places'] into {args.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Export a model file again under the current contract, from the file's own weights.
+
+    python -m train.reexport models/transfer.pt                  # in place
+    python -m train.reexport models/scratch.pt --out /tmp/s.pt
+
+Files written before the contract had `embed` gain it: the network is rebuilt from the
+registry (`metadata["architecture"]`), loaded with the file's weights and exported with
+the file's own temperature, flip TTA, background logit, classes and metadata, so its
+probabilities stay the same. The command is recorded in `metadata["reexport_command"]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from landmark.export import Exported, export_model, load_exported
+from landmark.models import create_model
+from landmark.models.transfer import BACKBONES
+from landmark.presets import Preset
+
+
+def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
+    """(eager network with the file's weights, its preset, the loaded file)."""
+    exp = load_exported(path)
+    meta = exp.metadata
+    kw = {"pretrained": False} if meta["architecture"] in BACKBONES else {}
+    net = create_model(meta["architecture"], len(exp.classes), **kw).eval()
+    if hasattr(exp.module, "net"):  # the contract before `embed`: one traced network
+        net.load_state_dict(exp.module.net.state_dict())
+    else:
+        features, head = net.split_head()
+        features.load_state_dict(exp.module.features.state_dict())
+        head.load_state_dict(exp.module.head.state_dict())
+    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in meta["preset"].items()})
+    return net, preset, exp
+
+
+def reexport(path: Path, out: Path, command: str, places: dict | None = None) -> Path:
+    """Write `path`'s model to `out` under the current contract (see the module doc);
+    `places` replaces metadata["places"] (how taught places compete, train.places)."""
+    net, preset, exp = rebuild(path)
+    meta = exp.metadata
+    gen = torch.Generator().manual_seed(0)
+    samples = [torch.rand(3, h, w, generator=gen) for h, w in ((300, 200), (64, 64), (512, 700))]
+    keep = {k: v for k, v in meta.items() if k not in ("preset", "temperature", "tta_flip",
+                                                        "background_logit", "num_classes",
+                                                        "embedding_dim")}
+    if places is not None:
+        keep["places"] = places
+    return export_model(net, preset, exp.classes, {**keep, "reexport_command": command}, out,
+                        samples, temperature=meta["temperature"], flip=meta["tta_flip"],
+                        background=meta["background_logit"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.reexport", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="model file to export again")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: in place)")
+    args = p.parse_args(argv)
+    command = shlex.join(["python", "-m", "train.reexport", *(argv or sys.argv[1:])])
+    try:
+        out = reexport(args.model, args.out or args.model, command)
+    except (OSError, RuntimeError, KeyError) as e:
+        print(f"error: {args.model}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
