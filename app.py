@@ -9,6 +9,7 @@ is `python -m landmark.tag`.
 API (gradio_client):
     Client(url).predict(handle_file("photo.jpg"), "transfer", 3, api_name="/tag")
     Client(url).predict(handle_file("photo.jpg"), "transfer", api_name="/geotag")
+    Client(url).predict(handle_file("photo.heic"), "transfer", api_name="/sidecar")
     Client(url).predict([handle_file(p) for p in photos], "Name", None, None,
                         api_name="/teach")            # lat, lon optional
     Client(url).predict(api_name="/places")           # and "/forget" with a name
@@ -35,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import gradio as gr
+
 from landmark.data.imageio import ImageError
 from landmark.geotag import GeotagError, geotagged_copy
 from landmark.places import PlaceError, PlaceStore
@@ -42,6 +45,7 @@ from landmark.places import store as place_rules
 from landmark.places.teach import teach
 from landmark.predict import Predictor
 from landmark.resolve import available
+from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 from landmark.worldmap import world_svg
 
 ROOT = Path(__file__).parent
@@ -111,10 +115,18 @@ class Downloads:
                 shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.root))
 
-    def geotagged(self, photo: str | Path, result: dict) -> Path | None:
-        """The photo geotagged with its landmark, in a new private folder (JPEGs only)."""
+    def geotagged(self, photo: str | Path, result: dict, folder: Path) -> Path | None:
+        """The photo geotagged with its landmark (JPEGs only), in `folder`."""
         photo = Path(photo)
-        return geotagged_copy(photo, result, self.folder() / f"{photo.stem}_geotagged.jpg")
+        return geotagged_copy(photo, result, folder / f"{photo.stem}_geotagged.jpg")
+
+    def sidecar(self, photo: str | Path, result: dict, model: str, folder: Path,
+                ) -> Path | None:
+        """An XMP sidecar (PHOTO.EXT.xmp) with the landmark's tags, in `folder`; None when
+        no landmark was named. Any format, HEIC included: the photo is not touched."""
+        path = sidecar_path(Path(photo), "full", folder)
+        write_sidecar(path, result, model, photo_has_gps="photo_gps" in result)
+        return path if path.exists() else None
 
 
 def map_html(loc: dict | None) -> str:
@@ -130,9 +142,7 @@ def map_html(loc: dict | None) -> str:
             f"{world_svg(lat, lon)}")
 
 
-def build_demo(predictors: dict[str, Predictor]):
-    import gradio as gr
-
+def build_demo(predictors: dict[str, Predictor]) -> gr.Blocks:
     names = list(predictors)
     downloads = Downloads()
     shared = None if private_places() else PlaceStore()
@@ -150,14 +160,15 @@ def build_demo(predictors: dict[str, Predictor]):
             raise gr.Error("Upload a photo first.")
         if len(files) > MAX_PHOTOS:
             raise gr.Error(f"At most {MAX_PHOTOS} photos at a time.")
-        items = []
+        items, folder = [], downloads.folder()
         for path in files:
             item = {"file": Path(path).name}
             try:
                 item.update(path=path, result=tag_file(predictors, path, model_name, k,
                                                        places_of(request)))
-                item["geotagged"] = downloads.geotagged(path, item["result"])
-            except (ValueError, OSError) as e:  # GeotagError, PlaceError: ValueErrors
+                item["geotagged"] = downloads.geotagged(path, item["result"], folder)
+                item["sidecar"] = downloads.sidecar(path, item["result"], model_name, folder)
+            except (ValueError, OSError) as e:  # Geotag-, Place-, SidecarError: ValueErrors
                 item["error"] = str(e)
             items.append(item)
         return items
@@ -173,13 +184,23 @@ def build_demo(predictors: dict[str, Predictor]):
     def geotag_api(photo: str | None, model_name: str, request: gr.Request) -> str:
         result = tag_api(photo, model_name, 1, request)
         try:
-            copy = downloads.geotagged(photo, result)
+            copy = downloads.geotagged(photo, result, downloads.folder())
         except GeotagError as e:
             raise gr.Error(f"{Path(photo).name}: {e}") from None
         if copy is None:
             raise gr.Error(f"{Path(photo).name}: no geotagged copy (needs a JPEG showing a "
                            "known landmark)")
         return str(copy)
+
+    def sidecar_api(photo: str | None, model_name: str, request: gr.Request) -> str:
+        result = tag_api(photo, model_name, 3, request)
+        try:
+            path = downloads.sidecar(photo, result, model_name, downloads.folder())
+        except SidecarError as e:
+            raise gr.Error(str(e)) from None
+        if path is None:
+            raise gr.Error(f"{Path(photo).name}: no sidecar: {result.get('reason')}")
+        return str(path)
 
     def teach_api(files: list[str] | None, name: str, lat: object, lon: object,
                   request: gr.Request) -> dict:
@@ -244,7 +265,7 @@ def build_demo(predictors: dict[str, Predictor]):
                 @gr.render(inputs=results)
                 def show(items: list[dict]) -> None:
                     for item in items:
-                        _result_card(gr, item)
+                        _result_card(item)
 
         button.click(tag_many, [files, model, k], results, api_visibility="private")
         api_photo = gr.File(visible=False)
@@ -256,6 +277,9 @@ def build_demo(predictors: dict[str, Predictor]):
                                        api_name="tag")
         gr.Button(visible=False).click(geotag_api, [api_photo, api_model], api_copy,
                                        api_name="geotag")
+        api_sidecar = gr.File(visible=False)
+        gr.Button(visible=False).click(sidecar_api, [api_photo, api_model], api_sidecar,
+                                       api_name="sidecar")
         with gr.Tab("Teach a place") as teach_tab:
             gr.Markdown(f"Upload {place_rules.MIN_PHOTOS} to {place_rules.MAX_PHOTOS} "
                         "photos of a place the model "
@@ -304,16 +328,16 @@ def _number(value: object) -> float | None:
         raise PlaceError(f"a coordinate must be a number, got {value!r}") from None
 
 
-def _place_table(store: PlaceStore) -> object:
+def _place_table(store: PlaceStore) -> tuple:
     """Rows for the taught-places table, and the remove dropdown's choices."""
-    import gradio as gr
     rows = place_rows(store)
     return gr.Dataframe(value=rows or None), gr.Dropdown(choices=[r[0] for r in rows],
                                                           value=None)
 
 
-def _result_card(gr, item: dict) -> None:
-    """One photo's results. A landmark: its bars, map, hashtags and a geotagged download.
+def _result_card(item: dict) -> None:
+    """One photo's results. A landmark: its bars, map, hashtags, a geotagged copy and an
+    XMP sidecar to download.
     No known landmark: that headline and the reason; the guesses only small, marked as
     below the threshold."""
     with gr.Group():
@@ -343,9 +367,13 @@ def _result_card(gr, item: dict) -> None:
                    label="Hashtags and tags", buttons=["copy"], elem_classes="hashtags")
         with gr.Accordion("JSON", open=False):
             gr.JSON(result)
-        if item.get("geotagged"):
-            gr.DownloadButton("Download the photo geotagged (EXIF GPS + description)",
-                              value=str(item["geotagged"]))
+        with gr.Row():
+            if item.get("geotagged"):
+                gr.DownloadButton("Download the photo geotagged (EXIF GPS + description)",
+                                  value=str(item["geotagged"]))
+            if item.get("sidecar"):
+                gr.DownloadButton("Download the XMP sidecar (for Immich, digiKam, "
+                                  "darktable, Lightroom)", value=str(item["sidecar"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,8 @@ def test_api_tags_a_real_photo(client: Client, model: str) -> None:
     assert len(preds) == 3
     assert [p["confidence"] for p in preds] == sorted((p["confidence"] for p in preds),
                                                       reverse=True)
-    assert set(preds[0]) == {"class", "landmark", "confidence"}
+    assert set(preds[0]) == {"class", "landmark", "confidence", "source"}
+    assert preds[0]["source"] == "model"
     assert preds[0]["class"] == "05.Golden_Gate_Bridge"
     assert result["known"] is True
     assert result["location"]["city"] == "San Francisco"
@@ -331,3 +332,18 @@ def test_teach_through_the_api_then_tag_and_sessions_stay_apart(tmp_path: Path) 
             bob.predict([handle_file(str(p)) for p in falls[:3]], "X", 91, 0,
                         api_name="/teach")
         assert alice.predict("Comet Falls", api_name="/forget") == []
+
+
+def test_sidecar_download_for_a_heic_upload(client: Client, tmp_path: Path) -> None:
+    """Any accepted format gets a sidecar, HEIC included; exiftool reads it back."""
+    from tests.test_sidecar import exiftool
+    photo = tmp_path / "IMG_0042.heic"
+    Image.open(EXAMPLES / "taj_mahal.jpg").save(photo, format="HEIF")
+    path = Path(client.predict(handle_file(str(photo)), "transfer", api_name="/sidecar"))
+    assert path.name == "IMG_0042.heic.xmp"
+    (meta,) = exiftool(path)
+    assert meta["XMP-dc:Subject"] == ["Taj Mahal", "Agra", "India"]
+    assert meta["XMP-iptcExt:LocationShown"][0]["City"] == "Agra"
+    with pytest.raises(Exception, match="no sidecar"):
+        client.predict(handle_file(str(EXAMPLES / "unknown_place.jpg")), "transfer",
+                       api_name="/sidecar")
