@@ -21,17 +21,16 @@ from landmark.cli import add_data_arg
 from landmark.data import TensorImageDataset, scan_split
 from landmark.data.cache import cached_split
 from landmark.data.datasets import resolve_workers
-from landmark.engine import TrainConfig, Trainer, warmup_cosine
+from landmark.engine import TrainConfig, Trainer
 from landmark.models import create_model
 from landmark.presets import train_transform
 
 
 def time_epoch(trainer: Trainer, loader: DataLoader) -> float:
-    """Images per second of one pass of Trainer._train_epoch over `loader`."""
-    trainer.sched = torch.optim.lr_scheduler.LambdaLR(
-        trainer.opt, lambda s: warmup_cosine(s, 1, 10_000))
+    """Images per second of one pass of Trainer.train_epoch over `loader`."""
+    trainer.schedule(1, 10_000)
     start = time.perf_counter()
-    trainer._train_epoch(loader, 0)
+    trainer.train_epoch(loader, 0)
     return len(loader) * loader.batch_size / (time.perf_counter() - start)
 
 
@@ -53,7 +52,7 @@ def main() -> None:
                   range(n))
     crop = model.preset.crop_size
     fake = TensorDataset(torch.randn(n, 3, crop, crop), torch.randint(0, 19, (n,)))
-    loaders = {"pipeline": trainer._loader(real, True), "random tensors":
+    loaders = {"pipeline": trainer.loader(real, True), "random tensors":
                DataLoader(fake, cfg.batch_size, shuffle=True, drop_last=True)}
     time_epoch(trainer, loaders["random tensors"])  # warm-up: allocator, oneDNN kernels
     rates = {k: time_epoch(trainer, dl) for k, dl in loaders.items()}

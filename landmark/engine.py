@@ -148,7 +148,8 @@ class Trainer:
         self.best = {"val_top1": -1.0, "val_loss": float("inf"), "epoch": 0}
 
     # -- data -------------------------------------------------------------------------
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+    def loader(self, ds: Dataset, train: bool) -> DataLoader:
+        """The DataLoader this trainer uses for `ds` (sharded under DDP when training)."""
         sampler = DistributedSampler(ds, seed=self.cfg.seed) if train and self.world > 1 else None
         workers = resolve_workers(self.cfg.workers, self.device)
         return DataLoader(ds, self.cfg.batch_size, shuffle=train and sampler is None,
@@ -161,10 +162,8 @@ class Trainer:
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> list[dict]:
         """Train up to cfg.epochs, stopping early after cfg.patience epochs without gain."""
         seed_everything(self.cfg.seed + self.rank)
-        train_dl, val_dl = self._loader(train_ds, True), self._loader(val_ds, False)
-        total = self.cfg.epochs * len(train_dl)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: warmup_cosine(s, self.cfg.warmup_epochs * len(train_dl), total))
+        train_dl, val_dl = self.loader(train_ds, True), self.loader(val_ds, False)
+        self.schedule(self.cfg.warmup_epochs * len(train_dl), self.cfg.epochs * len(train_dl))
         start = self._resume() + 1 if resume else 1
         for epoch in range(start, self.cfg.epochs + 1):
             if epoch - self.best["epoch"] > self.cfg.patience:
@@ -172,7 +171,7 @@ class Trainer:
                 break
             if isinstance(train_dl.sampler, DistributedSampler):
                 train_dl.sampler.set_epoch(epoch)
-            train_loss, train_acc = self._train_epoch(train_dl, epoch)
+            train_loss, train_acc = self.train_epoch(train_dl, epoch)
             probs, labels = predict(self.net, val_dl, self.device, self.dtype)
             row = {"epoch": epoch, "lr": self.opt.param_groups[0]["lr"],
                    "train_loss": train_loss, "train_top1": train_acc,
@@ -181,7 +180,13 @@ class Trainer:
             self._end_epoch(row)
         return self.history
 
-    def _train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, float]:
+    def schedule(self, warmup_steps: int, total_steps: int) -> None:
+        """Linear warmup then cosine decay of the learning rate, stepped every batch."""
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: warmup_cosine(s, warmup_steps, total_steps))
+
+    def train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, float]:
+        """One pass over `loader`: (mean loss, top-1) on the known photos."""
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False,

@@ -43,15 +43,15 @@ def test_bad_fold_is_one_clear_line(fold: str, tmp_path: Path) -> None:
     assert res.returncode == 2 and "--fold" in res.stderr and "Traceback" not in res.stderr
 
 
-def _heldout(paths: list[str], labels: list[int], top: list[float],
+def _val_outputs(paths: list[str], labels: list[int], top: list[float],
              unknown: list[float]) -> dict:
     probs = [[p, 1 - p] if y == 0 else [1 - p, p] for p, y in zip(top, labels, strict=True)]
     return {"paths": paths, "labels": labels, "probs": probs, "unknown_tune": unknown}
 
 
 def test_summary_pools_folds_by_photo_not_by_fold() -> None:
-    a = _heldout(["a", "b", "c", "d"], [0, 0, 1, 1], [0.9, 0.4, 0.8, 0.95], [0.6])
-    b = _heldout(["e", "f"], [0, 1], [0.7, 0.99], [0.55, 0.5])
+    a = _val_outputs(["a", "b", "c", "d"], [0, 0, 1, 1], [0.9, 0.4, 0.8, 0.95], [0.6])
+    b = _val_outputs(["e", "f"], [0, 1], [0.7, 0.99], [0.55, 0.5])
     s = summarize([a, b], accept_known=0.5)
     assert s["n"] == 6 and s["fold_top1"] == [0.75, 1.0]
     assert s["top1"] == pytest.approx(5 / 6)  # not the mean of the folds' 0.875
@@ -71,7 +71,7 @@ def test_crossval_cli_pools_resumes_and_ships_its_threshold(tiny_data: Path,
     res = _run("train.crossval", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     cv = json.loads((out / "crossval.json").read_text())
-    held = [json.loads((out / f"fold{i}" / "heldout.json").read_text()) for i in range(2)]
+    held = [json.loads((out / f"fold{i}" / "val_outputs.json").read_text()) for i in range(2)]
     train_photos = sorted(str(p) for p in scan_split(tiny_data, "train").paths)
     assert sorted(held[0]["paths"] + held[1]["paths"]) == train_photos
     assert cv["n"] == len(train_photos) == 16 and len(cv["fold_top1"]) == 2

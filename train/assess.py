@@ -97,16 +97,33 @@ def choose_background(known: list[Tensor], unknown: list[Tensor], temperature: f
     return round(best, 4) if folded > base + min_gain else None
 
 
+@dataclass
+class ValOutputs:
+    """The shipped probabilities of the validation photos and the top probabilities of
+    the tuning unknown photos: what train.crossval pools across folds."""
+
+    val: Tensor
+    unknown_tune: Tensor | None
+
+
+@dataclass
+class Settings:
+    """What the export embeds, chosen without the test split."""
+
+    flip: bool
+    temperature: float
+    reject_threshold: float
+    background: float | None
+    val_outputs: ValOutputs
+
+
 def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
            calibrate: bool, accept_known: float, exposure: bool = False,
-           threshold: tuple[float, str] | None = None) -> tuple[dict, dict]:
+           given: tuple[float, str] | None = None) -> tuple[dict, Settings]:
     """Choose flip, temperature and threshold without the test split; report every split.
     With outlier `exposure`, the unknown photos the network trained on are left out.
-    A given `threshold` (value, where it came from) replaces the one chosen on validation.
-
-    Returns (report, export settings {flip, temperature, reject_threshold, background}
-    and `heldout`: the shipped probabilities of the validation photos and the top
-    probabilities of the tuning unknown photos, for cross-validation)."""
+    A `given` threshold (value, where it came from) replaces the one chosen on validation.
+    Returns (report, the export's settings)."""
     # training photos are only needed for the feature-space open-set scores
     out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
            for k, d in data.items()
@@ -124,11 +141,10 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
     used = {k: v[:1 + flip] for k, v in views.items()}
     temperature = fit_temperature(used["val"], val_labels) if calibrate else 1.0
     background = None
-    if "unknown" in data:
-        parts = split_unknown(len(data["unknown"].paths), exposure)
-        tune = parts["tune"]
-        background = choose_background(used["val"], [v[tune] for v in used["unknown"]],
-                                       temperature, val_labels)
+    parts = split_unknown(len(data["unknown"].paths), exposure) if "unknown" in data else None
+    if parts:
+        background = choose_background(used["val"], [v[parts["tune"]] for v in
+                                                     used["unknown"]], temperature, val_labels)
     probs = {k: tta_probs(v, temperature, background) for k, v in used.items()}
     raw = {k: tta_probs(v, 1.0) for k, v in used.items()}
     report: dict = {"flip_tta": flip, "temperature": temperature,
@@ -140,20 +156,18 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
             report[k]["ece_after"] = expected_calibration_error(probs[k], data[k].labels)
             report[k]["reliability_before"] = reliability_bins(raw[k], data[k].labels)
             report[k]["reliability_after"] = reliability_bins(probs[k], data[k].labels)
-    unknown_tune = probs["unknown"][tune].max(1).values if "unknown" in data else None
-    rule = (f"threshold: most validation photos accepted + tuning unknown photos rejected "
-            f"(shares), keeping at least {accept_known:.0%} of validation photos")
-    if threshold is None:
+    unknown_tune = probs["unknown"][parts["tune"]].max(1).values if parts else None
+    if given is None:
         threshold = reject_threshold(probs["val"].max(1).values, accept_known, unknown_tune)
+        rule = (f"threshold: most validation photos accepted + tuning unknown photos "
+                f"rejected (shares), keeping at least {accept_known:.0%} of validation photos")
     else:
-        threshold, rule = threshold[0], f"threshold from {threshold[1]}"
-    if "unknown" in data:
+        threshold, rule = given[0], f"threshold from {given[1]}"
+    if parts:
         _open_set(report, data, Outputs(used, probs, feats, temperature), threshold,
                   rule, parts)
-    settings = {"flip": flip, "temperature": temperature, "reject_threshold": threshold,
-                "background": background,
-                "heldout": {"val": probs["val"], "unknown_tune": unknown_tune}}
-    return report, settings
+    return report, Settings(flip, temperature, threshold, background,
+                            ValOutputs(probs["val"], unknown_tune))
 
 
 def _open_set(report: dict, data: dict[str, CachedSplit], out: Outputs, threshold: float,

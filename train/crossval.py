@@ -40,7 +40,7 @@ from tqdm import tqdm
 from landmark import plots
 from landmark.calibration import expected_calibration_error, open_set_report, reject_threshold
 from landmark.metrics import topk_accuracy, wilson_interval
-from train.pipeline import setup_logging
+from train.runner import VAL_OUTPUTS, setup_logging
 
 log = logging.getLogger("train")
 OWNED = ("--fold", "--output", "--export", "--export-only", "--threshold-from", "--resume",
@@ -88,12 +88,12 @@ def fold_env(jobs: int) -> dict[str, str]:
 
 
 def run_fold(args: argparse.Namespace, fold: int) -> dict:
-    """Train and assess one fold (unless it already finished); its heldout.json."""
+    """Train and assess one fold (unless it already finished); its val_outputs.json."""
     out = args.output / f"fold{fold}"
-    heldout = out / "heldout.json"
-    earlier = json.loads(heldout.read_text()) if heldout.is_file() else {}
+    saved = out / VAL_OUTPUTS
+    earlier = json.loads(saved.read_text()) if saved.is_file() else {}
     if earlier.get("fold") == [fold, args.folds]:
-        log.info("fold %d/%d: finished earlier, reusing %s", fold, args.folds, heldout)
+        log.info("fold %d/%d: finished earlier, reusing %s", fold, args.folds, saved)
         return earlier
     out.mkdir(parents=True, exist_ok=True)
     cmd = fold_command(args, fold)
@@ -102,45 +102,45 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
     with open(out / "train.log", "a") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=fold_env(args.jobs)
                             ).returncode
-    if rc != 0 or not heldout.is_file():
+    if rc != 0 or not saved.is_file():
         tail = (out / "train.log").read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"fold {fold} failed (exit {rc}); its log ends:\n  "
                            + "\n  ".join(tail))
-    held = json.loads(heldout.read_text())
+    held = json.loads(saved.read_text())
     log.info("fold %d/%d: held-out top-1 %.4f on %d photos", fold, args.folds,
-             heldout_top1(held), len(held["labels"]))
+             fold_top1(held), len(held["labels"]))
     return held
 
 
-def heldout_top1(held: dict) -> float:
+def fold_top1(held: dict) -> float:
     """Top-1 of one fold's held-out photos."""
     return topk_accuracy(torch.tensor(held["probs"]), torch.tensor(held["labels"]))
 
 
-def pooled(heldouts: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pooled(folds_out: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, labels) of every out-of-fold photo and every fold's tuning-unknown
     top probabilities."""
-    return (torch.tensor([row for h in heldouts for row in h["probs"]]),
-            torch.tensor([y for h in heldouts for y in h["labels"]]),
-            torch.tensor([s for h in heldouts for s in h["unknown_tune"] or []]))
+    return (torch.tensor([row for h in folds_out for row in h["probs"]]),
+            torch.tensor([y for h in folds_out for y in h["labels"]]),
+            torch.tensor([s for h in folds_out for s in h["unknown_tune"] or []]))
 
 
-def summarize(heldouts: list[dict], accept_known: float) -> dict:
+def summarize(folds_out: list[dict], accept_known: float) -> dict:
     """Out-of-fold accuracy, calibration and reject threshold from every fold's held-out
     photos (each fold's unknown-photo scores join the unknown side)."""
-    paths = [p for h in heldouts for p in h["paths"]]
+    paths = [p for h in folds_out for p in h["paths"]]
     if len(set(paths)) != len(paths):
         raise ValueError("fold runs held out overlapping photos: were they run with "
                          "different --seed or data?")
-    probs, labels, unknown = pooled(heldouts)
+    probs, labels, unknown = pooled(folds_out)
     known = probs.max(1).values
     threshold = reject_threshold(known, accept_known, unknown)
     top1, top3 = topk_accuracy(probs, labels, 1), topk_accuracy(probs, labels, 3)
-    summary = {"folds": len(heldouts), "n": len(labels),
+    summary = {"folds": len(folds_out), "n": len(labels),
                "top1": top1, "top1_interval": wilson_interval(top1, len(labels)),
                "top3": top3, "top3_interval": wilson_interval(top3, len(labels)),
                "ece": expected_calibration_error(probs, labels),
-               "fold_top1": [heldout_top1(h) for h in heldouts],
+               "fold_top1": [fold_top1(h) for h in folds_out],
                "reject_threshold": threshold,
                "rule": f"most out-of-fold photos accepted + tuning unknown photos rejected "
                        f"(shares), keeping at least {accept_known:.0%} of out-of-fold photos"}
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     failed = [f.exception() for f in futures if not f.cancelled() and f.exception()]
     if failed:
         sys.exit(f"error: {failed[0]}\nrerun the same command to resume")
-    heldouts = [f.result() for f in futures]
+    folds_out = [f.result() for f in futures]
     summary = {"command": shlex.join(["python", "-m", "train.crossval", *sys.argv[1:]]),
-               **summarize(heldouts, args.accept_known)}
+               **summarize(folds_out, args.accept_known)}
     (args.output / "crossval.json").write_text(json.dumps(summary, indent=2))
-    probs, _, unknown = pooled(heldouts)
+    probs, _, unknown = pooled(folds_out)
     plots.threshold_png(probs.max(1).values.tolist(), unknown.tolist(),
                         summary["reject_threshold"], args.output / "threshold.png",
                         title=f"{args.trainer}: {summary['folds']}-fold, out-of-fold photos")

@@ -10,7 +10,7 @@ import argparse
 
 from landmark.engine import TrainConfig
 from landmark.models import create_model, list_models
-from train.pipeline import add_common_args, run
+from train.runner import add_common_args, run
 
 DEFAULTS = TrainConfig(epochs=500, batch_size=64, lr=3e-3, weight_decay=0.05,
                        warmup_epochs=3, label_smoothing=0.1, mixup=0.2, cutmix=1.0,

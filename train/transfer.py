@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 from dataclasses import replace
 
@@ -36,12 +37,23 @@ from landmark import checkpoint
 from landmark.data.cache import CachedSplit
 from landmark.engine import TrainConfig, Trainer, resolve_device
 from landmark.features import cached_features
+from landmark.hub import hub_reachable
 from landmark.models import create_model
-from landmark.models.transfer import BACKBONES, BackboneUnavailable, TopAndHead, split_backbone
+from landmark.models.transfer import (
+    BACKBONES,
+    OFFLINE,
+    BackboneUnavailable,
+    TopAndHead,
+    split_backbone,
+    unavailable,
+)
 from landmark.presets import Preset
-from train.pipeline import add_common_args, fit_images, run, run_info, with_outliers
+from train.runner import add_common_args, fit_images, run, run_info, with_outliers
 
 log = logging.getLogger("train")
+# Don't let a missing network stall start-up: huggingface_hub's defaults are 10 s per call.
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
 DEFAULTS = TrainConfig(epochs=30, batch_size=32, lr=1e-3, backbone_lr_scale=0.1,
                        weight_decay=0.02, warmup_epochs=2, label_smoothing=0.1, patience=10)
 HEAD_DEFAULTS = dict(epochs=60, batch_size=256, lr=3e-3, weight_decay=1e-3, warmup_epochs=2,
@@ -91,7 +103,12 @@ def train_head(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                cfg: TrainConfig) -> tuple[list[dict], dict]:
     """Fit model.head on cached backbone features through the shared Trainer."""
     train_set, val_set = feature_sets(args, model.backbone, model.preset, data, cfg)
-    head_cfg = replace(cfg, **HEAD_DEFAULTS) if args.strategy == "finetune" else cfg
+    head_cfg = cfg
+    if args.strategy == "finetune":
+        head_cfg = replace(cfg, **HEAD_DEFAULTS)
+        log.info("finetune, stage 1 (head on cached features) uses %s; your --epochs, --lr "
+                 "and --batch-size apply to stage 2 (every layer)",
+                 ", ".join(f"{k}={v}" for k, v in HEAD_DEFAULTS.items()))
     head_cfg = unmixed(replace(head_cfg, backbone_lr_scale=1.0))  # the head is all there is
     trainer = Trainer(model.head, len(data["train"].classes), head_cfg, args.output / "head")
     trainer.fit(train_set, val_set, resume=args.resume)
@@ -115,7 +132,7 @@ def train_top(args: argparse.Namespace, model: nn.Module, data: dict[str, Cached
                                      feature_views=args.feature_views)
 
 
-def keep_whole(args: argparse.Namespace, model: nn.Module, stage: str, info: dict,
+def save_whole_network(args: argparse.Namespace, model: nn.Module, stage: str, info: dict,
                cfg: TrainConfig) -> None:
     """Write the whole network's best weights and the stage's metrics where a fine-tuning
     run keeps them (OUTPUT/best.pt, OUTPUT/metrics.csv), for --export-only."""
@@ -132,11 +149,11 @@ def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, Cac
     model.backbone.requires_grad_(False)
     if args.strategy == "partial":
         history, info = train_top(args, model, data, cfg)
-        keep_whole(args, model, "partial", info, cfg)
+        save_whole_network(args, model, "partial", info, cfg)
         return model, history, info
     history, info = train_head(args, model, data, cfg)
     if args.strategy == "frozen":
-        keep_whole(args, model, "head", info, cfg)
+        save_whole_network(args, model, "head", info, cfg)
         return model, history, info
     model.backbone.requires_grad_(True)
     net, history, ft_info = fit_images(args, model, data, cfg)
@@ -145,8 +162,12 @@ def fit_transfer(args: argparse.Namespace, model: nn.Module, data: dict[str, Cac
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.strategy in ("frozen", "partial"):
-        args.precision = "fp32" if args.precision == "auto" else args.precision
+    if args.strategy in ("frozen", "partial") and args.precision == "auto":
+        log.info("--strategy %s trains on cached fp32 features: --precision auto means fp32",
+                 args.strategy)
+        args.precision = "fp32"
+    if args.model not in OFFLINE and not args.weights and not hub_reachable():
+        raise SystemExit(f"error: {unavailable(args.model, 'the Hub cannot be reached')}")
     from landmark.data import DatasetError, scan_split
     try:
         num_classes = len(scan_split(args.data, "train").classes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import timm
@@ -20,16 +19,12 @@ import torchvision
 from torch import Tensor, nn
 
 from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.hub import hub_reachable
 from landmark.models.registry import register_model
 from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 
 log = logging.getLogger(__name__)
 OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
 BACKBONES = ("resnet50", *OFFLINE)
-# Don't let a missing network stall start-up: huggingface_hub's defaults are 10 s per call.
-os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
 
 
 class BackboneUnavailable(RuntimeError):
@@ -55,7 +50,8 @@ class TransferNet(nn.Module):
         return self.backbone, self.head
 
 
-def _unavailable(name: str, err: Exception) -> BackboneUnavailable:
+def unavailable(name: str, err: Exception | str) -> BackboneUnavailable:
+    """The error naming the offline alternatives when weights cannot be fetched."""
     return BackboneUnavailable(
         f"could not fetch ImageNet weights for {name!r} from the Hugging Face Hub "
         f"({err}). Offline, pass --weights FILE with a local checkpoint, "
@@ -100,15 +96,13 @@ def timm_backbone(timm_name: str, pretrained: bool = True, weights: str | Path |
     overlay = {"file": str(weights)} if weights else None
     if weights and not Path(weights).is_file():
         raise BackboneUnavailable(f"weights file not found: {weights}")
-    if pretrained and not weights and not hub_reachable():
-        raise _unavailable(timm_name, ConnectionError("Hub unreachable"))
     try:
         return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes,
                                  pretrained_cfg_overlay=overlay)
     except (OSError, RuntimeError, ValueError) as e:
         if weights or not pretrained:
             raise
-        raise _unavailable(timm_name, e) from e
+        raise unavailable(timm_name, e) from e
 
 
 def _preset_of(model: nn.Module) -> Preset:

@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,9 +37,10 @@ from landmark.engine import TrainConfig, Trainer
 from landmark.export import export_model
 from landmark.metrics import per_class_rows
 from landmark.presets import Preset, eval_transform, train_transform
-from train.assess import assess
+from train.assess import Settings, ValOutputs, assess
 
 log = logging.getLogger("train")
+VAL_OUTPUTS = "val_outputs.json"  # what train.crossval pools across folds
 HELP = {
     "outlier_weight": "outlier exposure: train on two thirds of the tuning half of the "
                       "unknown photos as 'none of these' (cross-entropy to uniform) with this "
@@ -165,60 +166,47 @@ def check_learnable(data: dict[str, CachedSplit], args: argparse.Namespace,
                            f"in {len(train.classes)} classes); {held[1]}")
 
 
+@dataclass
+class Trained:
+    """A trained (or reloaded) network, its per-epoch history, what the trainer reports
+    (best epoch, device, rank...) and what the run recorded (run.json: command, time)."""
+
+    net: nn.Module
+    history: list[dict]
+    info: dict
+    run: dict
+
+
 def run(args: argparse.Namespace, model: nn.Module, name: str,
         fit: Callable[..., tuple[nn.Module, list[dict], dict]] | None = None) -> dict:
     """Train `model` as the CLI asked, export it, and write its report. Returns the report.
 
-    `fit(args, model, data, cfg) -> (net, history, info)` trains; the default trains the
-    whole network on augmented photos. Only rank 0 returns a report under DDP.
+    Stages: data -> train (or load a finished run) -> calibrate and choose the threshold
+    (`assess`) -> export and report. `fit(args, model, data, cfg) -> (net, history, info)`
+    trains; the default trains the whole network on augmented photos. Only rank 0 returns
+    a report under DDP.
     """
     setup_logging()
-    cfg, preset = config_from_args(args), model.preset
+    cfg = config_from_args(args)
     command = "python -m " + " ".join(shlex.quote(a) for a in [f"train.{name}", *sys.argv[1:]])
     log.info("%s", command)
-    threshold = given_threshold(args.threshold_from)  # a bad file fails now, not after training
+    given = given_threshold(args.threshold_from)  # a bad file fails now, not after training
     try:
-        data = load_splits(args, preset)
+        data = load_splits(args, model.preset)
     except DatasetError as e:
         sys.exit(f"error: {e}")
-    if args.export_only:
-        net, history, info = load_trained(args.output, model, cfg)
-        trained = info.pop("run")
-    else:
-        start, trained = time.time(), {"command": command}
-        net, history, info = (fit or fit_images)(args, model, data, cfg)
-        trained.update(train_seconds=round(time.time() - start), device=info.get("device"))
-        if info.get("rank", 0) == 0:
-            (args.output / "run.json").write_text(json.dumps(trained, indent=2))
-    if info.get("rank", 0) != 0:
+    trained = train_or_load(args, model, data, cfg, command, fit or fit_images)
+    if trained.info.get("rank", 0) != 0:
         return {}
-    net = net.cpu().eval()
-    report, settings = assess(net, preset, data, args.tta, not args.no_calibrate,
-                              args.accept_known, exposure="outliers" in data,
-                              threshold=threshold)
-    write_heldout(args.output / "heldout.json", data, settings.pop("heldout"), args.fold)
-    report.update(train_seconds=trained.get("train_seconds"), **info)
+    trained.net = trained.net.cpu().eval()
+    report, settings = assess(trained.net, model.preset, data, args.tta, not args.no_calibrate,
+                              args.accept_known, exposure="outliers" in data, given=given)
+    write_val_outputs(args.output / VAL_OUTPUTS, data, settings.val_outputs, args.fold)
+    report.update(train_seconds=trained.run.get("train_seconds"), **trained.info)
     if "outliers" in data:
         report["outlier_exposure"] = {"weight": cfg.outlier_weight,
                                       "photos": len(data["outliers"].paths)}
-    export = args.export or args.output / f"{name}.pt"
-    metadata = {"name": name, "architecture": getattr(model, "arch", name),
-                "dataset": str(args.data),
-                "command": trained.get("command", command),
-                **({"export_command": command, "training": trained} if args.export_only
-                   else {}),
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
-                            for s in ("val", "test") if s in report},
-                "reject_threshold": settings["reject_threshold"],
-                "open_set": report.get("open_set", {}).get("shipped"),
-                "train_config": vars(cfg)}
-    samples = [img.float() / 255.0 for img in data["val"].images[:4]]
-    samples.append(torch.rand(3, 300, 200))
-    export_model(net, preset, data["train"].classes, metadata, export, samples,
-                 temperature=settings["temperature"], flip=settings["flip"],
-                 background=settings["background"])
-    write_report(report, history, data["train"].classes, export)
+    export = export_and_report(args, name, model, cfg, data, trained, report, settings, command)
     if args.push_to_hub:
         from landmark.hub import HubError, push
         try:
@@ -232,6 +220,46 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     return report
 
 
+def train_or_load(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
+                  cfg: TrainConfig, command: str,
+                  fit: Callable[..., tuple[nn.Module, list[dict], dict]]) -> Trained:
+    """Train with `fit`, recording run.json; with --export-only, reload OUTPUT's run."""
+    if args.export_only:
+        return load_trained(args.output, model, cfg)
+    start = time.time()
+    net, history, info = fit(args, model, data, cfg)
+    ran = {"command": command, "train_seconds": round(time.time() - start),
+           "device": info.get("device")}
+    if info.get("rank", 0) == 0:
+        (args.output / "run.json").write_text(json.dumps(ran, indent=2))
+    return Trained(net, history, info, ran)
+
+
+def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg: TrainConfig,
+                      data: dict[str, CachedSplit], trained: Trained, report: dict,
+                      settings: Settings, command: str) -> Path:
+    """Write the model file (the contract, self-checked), its report and plots."""
+    export = args.export or args.output / f"{name}.pt"
+    metadata = {"name": name, "architecture": getattr(model, "arch", name),
+                "dataset": str(args.data),
+                "command": trained.run.get("command", command),
+                **({"export_command": command, "training": trained.run} if args.export_only
+                   else {}),
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
+                            for s in ("val", "test") if s in report},
+                "reject_threshold": settings.reject_threshold,
+                "open_set": report.get("open_set", {}).get("shipped"),
+                "train_config": vars(cfg)}
+    samples = [img.float() / 255.0 for img in data["val"].images[:4]]
+    samples.append(torch.rand(3, 300, 200))
+    export_model(trained.net, model.preset, data["train"].classes, metadata, export, samples,
+                 temperature=settings.temperature, flip=settings.flip,
+                 background=settings.background)
+    write_report(report, trained.history, data["train"].classes, export)
+    return export
+
+
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
     """(reject threshold, its origin) from a train.crossval summary, or None."""
     if path is None:
@@ -243,16 +271,16 @@ def given_threshold(path: Path | None) -> tuple[float, str] | None:
         sys.exit(f"error: --threshold-from {path}: not a train.crossval summary ({e})")
 
 
-def write_heldout(path: Path, data: dict[str, CachedSplit], heldout: dict,
-                  fold: tuple[int, int] | None) -> None:
+def write_val_outputs(path: Path, data: dict[str, CachedSplit], outputs: ValOutputs,
+                      fold: tuple[int, int] | None) -> None:
     """The validation photos' shipped probabilities and the tuning unknown photos' top
     probabilities: what train.crossval pools across folds."""
-    unknown = heldout["unknown_tune"]
+    unknown = outputs.unknown_tune
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "fold": list(fold) if fold else None, "classes": data["val"].classes,
         "paths": [str(p) for p in data["val"].paths], "labels": data["val"].labels.tolist(),
-        "probs": heldout["val"].round(decimals=6).tolist(),
+        "probs": outputs.val.round(decimals=6).tolist(),
         "unknown_tune": None if unknown is None else unknown.round(decimals=6).tolist()}))
 
 
@@ -275,8 +303,7 @@ def with_outliers(data: dict, dataset: Callable[..., Dataset]) -> Dataset:
     return ConcatDataset([train, dataset(data["outliers"])]) if "outliers" in data else train
 
 
-def load_trained(out: Path, model: nn.Module,
-                 cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
+def load_trained(out: Path, model: nn.Module, cfg: TrainConfig) -> Trained:
     """`model` with a run folder's best weights, its history, and what the run recorded."""
     best, metrics = out / "best.pt", out / "metrics.csv"
     if not best.is_file() or not metrics.is_file():
@@ -293,10 +320,9 @@ def load_trained(out: Path, model: nn.Module,
     with open(metrics, newline="") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     run_file = out / "run.json"
-    trained = json.loads(run_file.read_text()) if run_file.is_file() else {}
-    return model, history, {"best_epoch": state["epoch"], "epochs_run": len(history),
-                            "device": trained.get("device"), "export_only": True,
-                            "run": trained}
+    ran = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    return Trained(model, history, {"best_epoch": state["epoch"], "epochs_run": len(history),
+                                    "device": ran.get("device"), "export_only": True}, ran)
 
 
 def run_info(trainer: Trainer, **extra: object) -> dict:
