@@ -54,6 +54,7 @@ MAX_FILE_SIZE = "25mb"
 MAX_PHOTOS = 24
 MAX_K = 10
 KEEP_DOWNLOADS_S = 3600
+KEEP_PLACES_S = 24 * 3600  # a public session's taught places, once unchanged this long
 log = logging.getLogger("app")
 
 
@@ -101,19 +102,23 @@ def place_rows(store: PlaceStore) -> list[list]:
 
 class Downloads:
     """A private folder per request for the files a user downloads, so two users' photos
-    named alike never meet. Folders are swept after KEEP_DOWNLOADS_S, and all of them go
-    when the app exits."""
+    named alike never meet, and, on public servers, each session's taught places.
+    Request folders are swept after KEEP_DOWNLOADS_S, a session's places after
+    KEEP_PLACES_S unchanged, and everything goes when the app exits."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="landmark-"))
+        self.places = self.root / "places"
         atexit.register(shutil.rmtree, self.root, True)
 
     def folder(self) -> Path:
-        cutoff = time.time() - KEEP_DOWNLOADS_S
-        for old in self.root.iterdir():
-            if old.stat().st_mtime < cutoff:
+        """A new private folder for one request's downloads (old ones are swept)."""
+        now = time.time()
+        for old, keep in [*((d, KEEP_DOWNLOADS_S) for d in self.root.glob("req-*")),
+                          *((d, KEEP_PLACES_S) for d in self.places.glob("*"))]:
+            if old.stat().st_mtime < now - keep:
                 shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(dir=self.root))
+        return Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
 
     def geotagged(self, photo: str | Path, result: dict, folder: Path) -> Path | None:
         """The photo geotagged with its landmark (JPEGs only), in `folder`."""
@@ -152,7 +157,7 @@ def build_demo(predictors: dict[str, Predictor]) -> gr.Blocks:
         if shared is not None:
             return shared
         session = re.sub(r"[^0-9A-Za-z_-]", "", getattr(request, "session_hash", "") or "")
-        return PlaceStore(downloads.root / "places" / (session or "anonymous"))
+        return PlaceStore(downloads.places / (session or "anonymous"))
 
     def tag_many(files: list[str] | None, model_name: str, k: float,
                  request: gr.Request) -> list[dict]:

@@ -16,12 +16,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from landmark import checkpoint
-from landmark.data.datasets import resolve_workers
+from landmark.data.datasets import (
+    class_weights,
+    dataset_labels,
+    per_photo_weights,
+    resolve_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     outlier_weight: float = 0.0
+    balance: str = "none"  # none | sampler | loss: even out classes of unequal size
     patience: int = 30
     precision: str = "auto"
     device: str = "auto"
@@ -130,6 +136,7 @@ class Trainer:
     def __init__(self, model: nn.Module, num_classes: int, cfg: TrainConfig,
                  out_dir: str | Path) -> None:
         self.cfg, self.num_classes, self.out = cfg, num_classes, Path(out_dir)
+        self.class_weights: Tensor | None = None  # balance "loss" sets them in fit
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.dtype = resolve_precision(cfg.precision, self.device)
@@ -149,8 +156,13 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
-        """The DataLoader this trainer uses for `ds` (sharded under DDP when training)."""
+        """The DataLoader this trainer uses for `ds` (sharded under DDP when training;
+        with balance "sampler", every class drawn equally often, with replacement)."""
         sampler = DistributedSampler(ds, seed=self.cfg.seed) if train and self.world > 1 else None
+        if train and self.cfg.balance == "sampler" and sampler is None:
+            sampler = WeightedRandomSampler(
+                per_photo_weights(dataset_labels(ds)), len(ds),
+                generator=torch.Generator().manual_seed(self.cfg.seed))
         workers = resolve_workers(self.cfg.workers, self.device)
         return DataLoader(ds, self.cfg.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, num_workers=workers, drop_last=train and len(ds) >
@@ -162,6 +174,10 @@ class Trainer:
     def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> list[dict]:
         """Train up to cfg.epochs, stopping early after cfg.patience epochs without gain."""
         seed_everything(self.cfg.seed + self.rank)
+        if self.cfg.balance not in ("none", "sampler", "loss"):
+            raise ValueError(f"balance {self.cfg.balance!r}: choose none, sampler or loss")
+        self.class_weights = class_weights(dataset_labels(train_ds), self.num_classes) \
+            if self.cfg.balance == "loss" else None
         train_dl, val_dl = self.loader(train_ds, True), self.loader(val_ds, False)
         self.schedule(self.cfg.warmup_epochs * len(train_dl), self.cfg.epochs * len(train_dl))
         start = self._resume() + 1 if resume else 1
@@ -232,7 +248,8 @@ class Trainer:
         2019): the network learns to spread its belief on places it does not know."""
         loss = out.new_zeros(())
         if n_known:
-            loss = F.cross_entropy(out[:n_known], target,
+            weight = None if self.class_weights is None else self.class_weights.to(out.device)
+            loss = F.cross_entropy(out[:n_known], target, weight=weight,
                                    label_smoothing=self.cfg.label_smoothing)
         if n_known < len(out):
             loss = loss - self.cfg.outlier_weight * out[n_known:].log_softmax(1).mean()

@@ -103,6 +103,12 @@ def model_card(meta: dict, report: dict, repo_id: str, figures: list[str]) -> st
         lines += ["", f"## Per-class accuracy ({split})", "", "| landmark | photos | accuracy |",
                   "|---|---|---|"]
         lines += [f"| {name} | {n} | {acc} |" for name, acc, n in per_class_rows(test["per_class"])]
+    seen = meta.get("training_data")
+    if seen:
+        extra = ", ".join(seen["extra_train"]) or "none"
+        lines += ["", "## Training data", "", f"{seen['train_photos']} training and "
+                  f"{seen['val_photos']} validation photos from `{seen['dataset']}`; extra "
+                  f"training folders: {extra}; class balance: {seen['balance']}."]
     lines += ["", *[f"![{f}]({f})" for f in figures], "", "## Training command", "",
               "```bash", meta.get("command", "(unknown)"), "```", ""]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The training engine: it learns, it resumes, it runs as a CLI."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,52 @@ def test_cli_outlier_exposure_trains_on_unknown_and_reports_on_the_rest(
     assert missing.returncode != 0
     assert "--outlier-weight needs photos" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def _extra(root: Path, photos: dict[str, list[Path]]) -> Path:
+    for cls, files in photos.items():
+        (root / "train" / cls).mkdir(parents=True)
+        for p in files:
+            shutil.copy(p, root / "train" / cls / f"extra_{p.name}")
+    return root
+
+
+def test_extra_train_with_an_unknown_class_is_one_clear_line(tiny_data: Path,
+                                                             tmp_path: Path) -> None:
+    extra = _extra(tmp_path / "extra", {"99.Nowhere": real_photos("03.Eiffel_Tower", n=2)})
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--extra-train", str(extra),
+               "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "class folders not in training classes: ['99.Nowhere']" in res.stderr
+
+
+def test_extra_photos_train_but_never_validate(tiny_data: Path, tmp_path: Path) -> None:
+    extra = _extra(tmp_path / "extra", {
+        "03.Eiffel_Tower": real_photos("03.Eiffel_Tower", n=14)[8:],
+        "11.Niagara_Falls": real_photos("11.Niagara_Falls", n=10)[8:]})
+    out = tmp_path / "run"
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "1",
+               "--batch-size", "8", "--workers", "0", "--extra-train", str(extra),
+               "--balance", "sampler", "--output", str(out),
+               "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    val = json.loads((out / "val_outputs.json").read_text())["paths"]
+    assert val and not [p for p in val if "extra_" in p]
+    seen = load_exported(out / "scratch.pt").metadata["training_data"]
+    assert seen["extra_train"] == [str(extra)] and seen["balance"] == "sampler"
+    assert seen["train_photos"] + seen["val_photos"] == 16 + 8
+    assert seen["train_per_class"]["03.Eiffel_Tower"] == seen["train_per_class"][
+        "11.Niagara_Falls"] + 4
+
+
+def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> None:
+    from landmark.data.datasets import class_weights
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    ds = TensorImageDataset(torch.zeros(100, 3, 8, 8, dtype=torch.uint8), labels,
+                            lambda x: x.float())
+    cfg = TrainConfig(batch_size=10, workers=0, balance="sampler")
+    trainer = Trainer(create_model("tiny_cnn", 2), 2, cfg, tmp_path / "r")
+    drawn = torch.cat([y for _ in range(10) for _, y in trainer.loader(ds, True)])
+    share = (drawn == 1).float().mean().item()
+    assert 0.4 < share < 0.6  # unbalanced, class 1 would be 10%
+    assert torch.allclose(class_weights(labels, 2), torch.tensor([100 / 180, 100 / 20]))

@@ -41,12 +41,15 @@ from train.assess import Settings, ValOutputs, assess
 
 log = logging.getLogger("train")
 VAL_OUTPUTS = "val_outputs.json"  # what train.crossval pools across folds
+CHOICES = {"balance": ("none", "sampler", "loss")}
 HELP = {
     "outlier_weight": "outlier exposure: train on two thirds of the tuning half of the "
                       "unknown photos as 'none of these' (cross-entropy to uniform) with this "
                       "weight; 0 turns it off. The held-out half stays unseen",
     "backbone_lr_scale": "the backbone's LR as a share of the head's",
     "workers": "DataLoader workers; -1 picks for the machine",
+    "balance": "even out classes of unequal size: none; sampler (every class drawn equally "
+               "often); loss (cross-entropy weighted by inverse class size)",
 }
 
 
@@ -61,6 +64,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                    help="hold out part I of K of every class for validation instead of "
                         "--val-fraction (k-fold cross-validation, I from 0; "
                         "python -m train.crossval runs all K)")
+    d.add_argument("--extra-train", type=Path, action="append", default=[], metavar="DIR",
+                   help="more training photos in the same layout (DIR/train/NN.Class/*.jpg), "
+                        "matched to the classes by folder name; training only, never "
+                        "validation; repeatable. See --balance")
     d.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="where decoded, resized photos are cached (default %(default)s)")
     d.add_argument("--no-cache", action="store_true", help="decode photos without caching")
@@ -71,6 +78,7 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t.add_argument(flag, type=type(f.default), default=getattr(defaults, f.name),
+                       choices=CHOICES.get(f.name),
                        help=f"{HELP.get(f.name, '')} (default: {getattr(defaults, f.name)})"
                        .lstrip())
     o = p.add_argument_group("output")
@@ -131,9 +139,13 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
     others = unknown_split(unknown, full.classes)
     if others:
         splits["unknown"] = others
+    for i, extra in enumerate(args.extra_train):
+        splits[f"extra{i}"] = scan_split(extra, "train", classes=full.classes)
     cache = None if args.no_cache else args.cache_dir
     out = {k: cached_split(s, preset.resize_size, preset.interpolation, cache, desc=k)
            for k, s in splits.items() if s.paths}
+    for i in range(len(args.extra_train)):
+        out["train"] = out["train"].joined(out.pop(f"extra{i}"))
     check_learnable(out, args, len(full.paths))
     if args.outlier_weight > 0:
         if "unknown" not in out:
@@ -249,6 +261,7 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                 "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
                             for s in ("val", "test") if s in report},
                 "reject_threshold": settings.reject_threshold,
+                "training_data": training_data(args, data),
                 "open_set": report.get("open_set", {}).get("shipped"),
                 "train_config": vars(cfg)}
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
@@ -258,6 +271,17 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                  background=settings.background)
     write_report(report, trained.history, data["train"].classes, export)
     return export
+
+
+def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dict:
+    """Which photos the model saw: the dataset, any extra training folders, the balance,
+    and the photos per class that trained it."""
+    counts = torch.bincount(data["train"].labels[data["train"].labels >= 0],
+                            minlength=len(data["train"].classes)).tolist()
+    return {"dataset": str(args.data), "extra_train": [str(p) for p in args.extra_train],
+            "balance": args.balance, "train_photos": len(data["train"].labels),
+            "val_photos": len(data["val"].labels),
+            "train_per_class": dict(zip(data["train"].classes, counts, strict=True))}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:

@@ -36,6 +36,12 @@ class CachedSplit:
     classes: list[str]
     skipped: list[str]
 
+    def joined(self, other: CachedSplit) -> CachedSplit:
+        """These photos followed by `other`'s (same classes)."""
+        return CachedSplit(torch.cat([self.images, other.images]),
+                           torch.cat([self.labels, other.labels]), self.paths + other.paths,
+                           self.classes, self.skipped + other.skipped)
+
     def subset(self, idx: list[int]) -> CachedSplit:
         """The photos at positions `idx`."""
         return CachedSplit(self.images[idx], self.labels[idx], [self.paths[i] for i in idx],

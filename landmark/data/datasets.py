@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from landmark.data.layout import Split
 
@@ -74,3 +74,34 @@ def resolve_workers(workers: int, device: torch.device) -> int:
         return workers
     cores = os.cpu_count() or 1
     return 0 if device.type == "cpu" and cores <= 2 else min(8, max(1, cores - 1))
+
+
+def dataset_labels(ds: Dataset) -> Tensor:
+    """The labels of a training set, without loading its images: cached photos, cached
+    features, and their concatenations (outliers are labelled -1)."""
+    if isinstance(ds, ConcatDataset):
+        return torch.cat([dataset_labels(d) for d in ds.datasets])
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[list(ds.indices)]
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1]
+    if isinstance(ds, TensorImageDataset):
+        return ds.labels
+    raise TypeError(f"cannot read the labels of a {type(ds).__name__}")
+
+
+def class_weights(labels: Tensor, num_classes: int) -> Tensor:
+    """Per-class loss weights, inversely proportional to each class's photos and averaging
+    1 over the photos, so a balanced loss keeps the usual scale."""
+    known = labels[labels >= 0]
+    counts = torch.bincount(known, minlength=num_classes).float().clamp_min(1)
+    return len(known) / (num_classes * counts)
+
+
+def per_photo_weights(labels: Tensor) -> Tensor:
+    """Sampling weights that draw every class (and the outliers, as one more group)
+    equally often."""
+    groups = labels.clone()
+    groups[groups < 0] = int(labels.max()) + 1
+    counts = torch.bincount(groups).float()
+    return 1.0 / counts[groups]
