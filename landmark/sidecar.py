@@ -34,6 +34,7 @@ EMPTY_PACKET = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 LISTS = {"Xmp.dc.subject": "Xmp.lmt.Keywords",
          "Xmp.lr.hierarchicalSubject": "Xmp.lmt.Hierarchy",
          "Xmp.digiKam.TagsList": "Xmp.lmt.TagsList"}
+BAGS = {"Xmp.dc.subject", "Xmp.lr.hierarchicalSubject"}  # unordered, as the standards say
 SHOWN = "Xmp.iptcExt.LocationShown"
 OWNED = "Xmp.lmt.Fields"  # the single-valued keys this project wrote last time
 _exiv2 = threading.Lock()
@@ -156,12 +157,23 @@ def plan(old: dict, record: dict, model: str, set_gps: bool,
     for key in owned - set(values):
         changes[key] = None  # a value this project wrote that no longer applies
     changes[OWNED] = sorted(values) or None
-    changes = {k: v for k, v in changes.items() if old.get(k) != v}
-    # exiv2 applies changes in order: deleting, an array's items go before the array;
-    # setting, the array goes first
-    order = sorted(changes, key=lambda k: (changes[k] is not None, (
-        k.count("[") if changes[k] is not None else -k.count("["))))
-    return {k: changes[k] for k in order}, added, removed
+    return {k: v for k, v in changes.items() if old.get(k) != v}, added, removed
+
+
+def _steps(changes: dict) -> tuple[dict, dict]:
+    """(deletions, then settings) for exiv2, which applies each in order: an array's items
+    are deleted before the array, and the array is typed (Bag or Seq) before its items.
+    A changed list is deleted and written anew, so no old item lingers."""
+    deletes = {k: None for k, v in changes.items() if v is None or isinstance(v, list)}
+    sets: dict = {}
+    for key, value in changes.items():
+        if isinstance(value, list):
+            sets[key] = 'type="Bag"' if key in BAGS else 'type="Seq"'
+            sets.update({f"{key}[{i}]": item for i, item in enumerate(value, 1)})
+        elif value is not None:
+            sets[key] = value
+    return (dict(sorted(deletes.items(), key=lambda kv: -kv[0].count("["))),
+            dict(sorted(sets.items(), key=lambda kv: kv[0].count("["))))
 
 
 def write_sidecar(path: Path, record: dict, model: str, *, set_gps: bool = False,
@@ -191,7 +203,9 @@ def write_sidecar(path: Path, record: dict, model: str, *, set_gps: bool = False
             # when writing, which would restore what `changes` deletes: the XMP rules
             img.clear_exif()
             img.clear_iptc()
-            img.modify_xmp(changes)
+            for step in _steps(changes):
+                if step:
+                    img.modify_xmp(step)
         tmp.replace(path)
     except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
