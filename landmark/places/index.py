@@ -15,6 +15,9 @@ from landmark.places.store import Place
 # Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
 # takes ~0.2 ms at 1e3 and ~40 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4 ms.
 EXACT_MAX = 10_000
+# Searches here are one photo at a time: FAISS's OpenMP threads would only contend with
+# torch's own for the same cores.
+faiss.omp_set_num_threads(1)
 
 
 def model_key(path: Path) -> str:
