@@ -13,7 +13,7 @@ import numpy as np
 from landmark.places.store import Place
 
 # Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
-# takes ~0.2 ms at 1e3 and ~40 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4 ms.
+# takes ~0.3 ms at 1e3 and 40-80 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4-8 ms.
 EXACT_MAX = 10_000
 # Searches here are one photo at a time: FAISS's OpenMP threads would only contend with
 # torch's own for the same cores.
