@@ -231,21 +231,22 @@ def build_demo(predictors: dict[str, Predictor]) -> gr.Blocks:
             raise gr.Error(str(e)) from None
         return places_api(request)
 
-    def teach_ui(files: list[str] | None, name: str, lat: float | None, lon: float | None,
+    def teach_ui(files: list[str] | None, name: str, lat: str, lon: str,
                  request: gr.Request) -> tuple:
+        """Teach, then clear the form (the table refreshes next)."""
         place = teach_api(files, name, lat, lon, request)
         gr.Info(f"Taught {place['name']} from {place['photos']} photos: tag a photo of it.")
-        return _place_table(places_of(request)), None, ""
+        return None, ""
 
     def forget_ui(name: str | None, request: gr.Request) -> tuple:
         if not name:
             raise gr.Error("Choose a place to remove.")
         forget_api(name, request)
-        return _place_table(places_of(request)), None
+        return _place_table(places_of(request))
 
     def refresh_ui(request: gr.Request) -> tuple:
         try:
-            return _place_table(places_of(request)), None
+            return _place_table(places_of(request))
         except PlaceError as e:
             raise gr.Error(str(e)) from None
 
@@ -272,6 +273,44 @@ def build_demo(predictors: dict[str, Predictor]) -> gr.Blocks:
                     for item in items:
                         _result_card(item)
 
+        with gr.Tab("Teach a place") as teach_tab:
+            gr.Markdown(f"Upload {place_rules.MIN_PHOTOS} to {place_rules.MAX_PHOTOS} "
+                        "photos of a place the model "
+                        "does not know and name it: the next photo you tag can be "
+                        "recognised as it, with no retraining. Coordinates are optional; "
+                        "without them the photos' own GPS is used, if they have any.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    teach_files = gr.File(file_count="multiple", label="Photos of the place",
+                                          file_types=["image", ".heic", ".heif"],
+                                          elem_id="teach-photos")
+                    teach_name = gr.Textbox(label="Name", max_length=place_rules.MAX_NAME)
+                    with gr.Row():
+                        teach_lat = gr.Textbox(label="Latitude (optional)",
+                                               placeholder="e.g. 47.6062")
+                        teach_lon = gr.Textbox(label="Longitude (optional)",
+                                               placeholder="e.g. -122.3321")
+                    teach_button = gr.Button("Teach", variant="primary")
+                with gr.Column(scale=1):
+                    table = gr.Dataframe(headers=["place", "photos", "where"],
+                                         label="Taught places", interactive=False)
+                    forget_name = gr.Dropdown([], label="Remove a place", allow_custom_value=True)
+                    forget_button = gr.Button("Remove")
+        teach_button.click(teach_ui, [teach_files, teach_name, teach_lat, teach_lon],
+                           [teach_files, teach_name], api_visibility="private"
+                           ).success(refresh_ui, None, [table, forget_name],
+                                     api_visibility="private")
+        forget_button.click(forget_ui, forget_name, [table, forget_name],
+                            api_visibility="private")
+        teach_tab.select(refresh_ui, None, [table, forget_name], api_visibility="private")
+        api_files = gr.File(file_count="multiple", visible=False)
+        api_name = gr.Textbox(visible=False)
+        api_lat, api_lon = gr.JSON(visible=False), gr.JSON(visible=False)
+        api_place, api_places = gr.JSON(visible=False), gr.JSON(visible=False)
+        gr.Button(visible=False).click(teach_api, [api_files, api_name, api_lat, api_lon],
+                                       api_place, api_name="teach")
+        gr.Button(visible=False).click(places_api, None, api_places, api_name="places")
+        gr.Button(visible=False).click(forget_api, api_name, api_places, api_name="forget")
         button.click(tag_many, [files, model, k], results, api_visibility="private")
         api_photo = gr.File(visible=False)
         api_model = gr.Textbox(visible=False)
@@ -285,41 +324,6 @@ def build_demo(predictors: dict[str, Predictor]) -> gr.Blocks:
         api_sidecar = gr.File(visible=False)
         gr.Button(visible=False).click(sidecar_api, [api_photo, api_model], api_sidecar,
                                        api_name="sidecar")
-        with gr.Tab("Teach a place") as teach_tab:
-            gr.Markdown(f"Upload {place_rules.MIN_PHOTOS} to {place_rules.MAX_PHOTOS} "
-                        "photos of a place the model "
-                        "does not know and name it: the next photo you tag can be "
-                        "recognised as it, with no retraining. Coordinates are optional; "
-                        "without them the photos' own GPS is used, if they have any.")
-            with gr.Row():
-                with gr.Column(scale=1):
-                    teach_files = gr.File(file_count="multiple", label="Photos of the place",
-                                          file_types=["image", ".heic", ".heif"])
-                    teach_name = gr.Textbox(label="Name", max_length=place_rules.MAX_NAME)
-                    with gr.Row():
-                        teach_lat = gr.Number(label="Latitude (optional)")
-                        teach_lon = gr.Number(label="Longitude (optional)")
-                    teach_button = gr.Button("Teach", variant="primary")
-                with gr.Column(scale=1):
-                    table = gr.Dataframe(headers=["place", "photos", "where"],
-                                         label="Taught places", interactive=False)
-                    forget_name = gr.Dropdown([], label="Remove a place", allow_custom_value=True)
-                    forget_button = gr.Button("Remove")
-        teach_button.click(teach_ui, [teach_files, teach_name, teach_lat, teach_lon],
-                           [table, teach_files, teach_name], api_visibility="private"
-                           ).then(refresh_ui, None, [table, forget_name],
-                                  api_visibility="private")
-        forget_button.click(forget_ui, forget_name, [table, forget_name],
-                            api_visibility="private")
-        teach_tab.select(refresh_ui, None, [table, forget_name], api_visibility="private")
-        api_files = gr.File(file_count="multiple", visible=False)
-        api_name = gr.Textbox(visible=False)
-        api_lat, api_lon = gr.JSON(visible=False), gr.JSON(visible=False)
-        api_place, api_places = gr.JSON(visible=False), gr.JSON(visible=False)
-        gr.Button(visible=False).click(teach_api, [api_files, api_name, api_lat, api_lon],
-                                       api_place, api_name="teach")
-        gr.Button(visible=False).click(places_api, None, api_places, api_name="places")
-        gr.Button(visible=False).click(forget_api, api_name, api_places, api_name="forget")
     return demo
 
 

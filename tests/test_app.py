@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from landmark.data import imageio  # noqa: F401  (registers the HEIF codec)
 from tests.conftest import REPO, real_photos
@@ -59,8 +59,9 @@ def running_app(**env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def app_url() -> Iterator[str]:
-    with running_app(HF_HUB_OFFLINE="1") as url:
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    places = tmp_path_factory.mktemp("places")  # never the user's own place store
+    with running_app(HF_HUB_OFFLINE="1", LANDMARK_PLACES=str(places)) as url:
         yield url
 
 
@@ -347,3 +348,26 @@ def test_sidecar_download_for_a_heic_upload(client: Client, tmp_path: Path) -> N
     with pytest.raises(Exception, match="no sidecar"):
         client.predict(handle_file(str(EXAMPLES / "unknown_place.jpg")), "transfer",
                        api_name="/sidecar")
+
+
+def test_browser_teach_tab_lists_and_removes_a_place(app_url: str) -> None:
+    """The Teach a place tab: photos and a name in, the place in the table, then gone."""
+    from landmark.data.layout import list_images
+    from tests.conftest import SHARED
+    falls = list_images(SHARED.parent / "new_places" / "Comet_Falls")[:3]
+    name = "Browser Falls"
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(app_url)
+        page.get_by_role("tab", name="Teach a place").click()
+        page.locator("#teach-photos input[type=file]").set_input_files([str(f) for f in falls])
+        page.get_by_label("Name").fill(name)
+        page.get_by_role("button", name="Teach", exact=True).click()
+        row = page.get_by_text(name, exact=True).filter(visible=True)  # the table's cell
+        expect(row).to_have_count(1, timeout=60_000)
+        page.get_by_label("Remove a place").click()
+        page.get_by_role("option", name=name).click()
+        page.get_by_role("button", name="Remove", exact=True).click()
+        expect(row).to_have_count(0, timeout=60_000)
+        browser.close()
