@@ -47,9 +47,8 @@ class PlaceIndex:
     to EXACT_MAX vectors, HNSW beyond. `best` gives each query's best place by its
     nearest taught photo."""
 
-    def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place],
-                 neighbours: int = 16) -> None:
-        self.places, self.owners, self.neighbours = places, owners, neighbours
+    def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place]) -> None:
+        self.places, self.owners = places, owners
         d = vectors.shape[1] if vectors.ndim == 2 else 1
         if len(vectors) > EXACT_MAX:
             self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
