@@ -28,6 +28,7 @@ from landmark.calibration import calibrated_softmax
 from landmark.presets import EvalPreprocess, Preset
 
 EXTRA_FILES = ("classes.json", "metadata.json")
+METHODS = ("embed", "probs_and_embedding")  # besides forward
 # TorchScript is the contract here; its deprecation notice is not news to our users.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 MIN_SIDE = 32
@@ -132,25 +133,28 @@ def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
                  flip: bool = False, background: float | None = None,
-                 projection: nn.Module | None = None, atol: float = 1e-4) -> Path:
+                 projection: nn.Module | None = None, atol: float = 1e-4,
+                 freeze: bool = False) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
     eager wrapper and the reloaded file, whose probabilities and embeddings must agree to
-    within `atol`.
+    within `atol`. `freeze` inlines the weights as constants (`torch.jit.freeze`): about
+    10% faster on a CPU, but the file no longer has weights to train or re-export from.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     eager = wrap(net, preset, temperature, flip, background, projection)
     scripted = script(eager, preset)
+    if freeze:
+        scripted = torch.jit.freeze(scripted.eval(), preserved_attrs=list(METHODS))
     with torch.no_grad():
         dim = eager.embed(samples[0][None]).shape[1]
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
             "tta_flip": flip, "background_logit": background, "num_classes": len(classes),
-            "embedding_dim": dim}
-    extra = {"classes.json": json.dumps(classes), "metadata.json": json.dumps(meta, indent=2)}
+            "embedding_dim": dim, "frozen": freeze}
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    _save(scripted, tmp, classes, meta)
     loaded = load_exported(tmp)
     with torch.no_grad():
         for img in samples:
@@ -160,6 +164,22 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
             if diff > atol or got[0].shape != (1, len(classes)):
                 tmp.unlink()
                 raise ExportError(f"exported model disagrees with eager model (max diff {diff})")
+    tmp.replace(path)
+    return path
+
+
+def _save(module: torch.jit.ScriptModule, path: Path, classes: list[str], meta: dict) -> None:
+    extra = {"classes.json": json.dumps(classes), "metadata.json": json.dumps(meta, indent=2)}
+    torch.jit.save(module, str(path), _extra_files=extra)
+
+
+def update_metadata(path: str | Path, updates: dict) -> Path:
+    """Merge `updates` into a model file's metadata.json in place (atomically); the
+    network is untouched, so this works on frozen files too."""
+    path = Path(path)
+    exp = load_exported(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _save(exp.module, tmp, exp.classes, {**exp.metadata, **updates})
     tmp.replace(path)
     return path
 

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from landmark.data import load_image
-from landmark.export import ExportError, export_model, load_exported
+from landmark.export import ExportError, export_model, load_exported, update_metadata
 from landmark.models import create_model
+from landmark.presets import EvalPreprocess
 from tests.conftest import real_photos
 
 CLASSES = ["03.Eiffel_Tower", "11.Niagara_Falls", "15.Space_Needle"]
@@ -111,3 +112,39 @@ def test_bundled_models_gained_embed_and_kept_their_probabilities(name: str) -> 
         assert torch.allclose(probs[0], torch.tensor(want), atol=2e-6), photo
         assert emb.shape == (1, model.metadata["embedding_dim"])
         assert torch.allclose(emb.norm(dim=1), torch.ones(1), atol=1e-5)
+
+
+def test_frozen_export_matches_and_keeps_the_contract(tmp_path: Path) -> None:
+    """A frozen file (weights inlined) gives the eager model's probabilities and
+    embeddings on real photos, and still has every contract method."""
+    torch.manual_seed(0)
+    net = create_model("landmark_resnet_s", len(CLASSES), crop_size=64).eval()
+    path = export_model(net, net.preset, CLASSES, {"architecture": "landmark_resnet_s"},
+                        tmp_path / "f.pt", [_photo(0)], freeze=True)
+    loaded = load_exported(path)
+    assert loaded.metadata["frozen"] is True
+    assert not hasattr(loaded.module, "features")  # frozen: no submodules left to retrain
+    x = _photo(3)[None]
+    pre = EvalPreprocess(net.preset)(x)
+    features, head = net.split_head()
+    with torch.no_grad():
+        want_probs = head(features(pre)).softmax(1)
+        want_emb = torch.nn.functional.normalize(features(pre), dim=1)
+        probs, emb = loaded.module.probs_and_embedding(x)
+    assert torch.allclose(probs, want_probs, atol=1e-5)
+    assert torch.allclose(emb, want_emb, atol=1e-5)
+    assert torch.allclose(loaded.module(x), probs) and torch.allclose(loaded.module.embed(x), emb)
+
+
+def test_update_metadata_merges_and_leaves_the_network_alone(
+        exported: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(exported[0].read_bytes())
+    before = load_exported(copy)
+    update_metadata(copy, {"places": {"scale": 2.0}})
+    after = load_exported(copy)
+    assert after.metadata == {**before.metadata, "places": {"scale": 2.0}}
+    assert after.classes == before.classes
+    x = _photo(4)[None]
+    assert torch.equal(after.module(x), before.module(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.pt"]  # no temporary file left

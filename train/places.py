@@ -14,14 +14,15 @@ cosine to the nearest taught photo (landmark.places.PlaceIndex, as served).
 - The threshold maximises new-place queries named right + unknown photos rejected
   (shares), the rule the model's own threshold follows, under `decide`.
 - Open world: the model's 19 classes and all places together, on test/ as well.
---write stores the mapping fit on all places in the file's metadata["places"] (the model
-file is exported again; its probabilities do not change).
+--write stores the mapping fit on all places in the file's metadata["places"] (only the
+metadata is rewritten; the network is untouched).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from landmark.data import scan_split, split_unknown
 from landmark.data.imageio import load_image
 from landmark.data.layout import list_images
+from landmark.export import update_metadata
 from landmark.metrics import wilson_interval
 from landmark.places import Calibration, PlaceIndex, decide
 from landmark.predict import Predictor
@@ -232,11 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
     if args.write:
-        from train.reexport import reexport
         chosen = {**asdict(cal), "chosen_on": f"{args.places.name}: {len(names)} places, "
                   f"{args.shots} shots, + tuning half of unknown/ (python -m train.places)"}
-        reexport(args.model, args.model, "python -m train.places " + " ".join(
-            argv or sys.argv[1:]), places=chosen)
+        update_metadata(args.model, {"places": chosen, "places_command": shlex.join(
+            ["python", "-m", "train.places", *(argv or sys.argv[1:])])})
         print(f"wrote metadata['places'] into {args.model}")
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landmark.export import Exported, export_model, load_exported
+from landmark.export import Exported, ExportError, export_model, load_exported
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
 from landmark.presets import Preset
@@ -29,6 +29,9 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
     """(eager network with the file's weights, its preset, the loaded file)."""
     exp = load_exported(path)
     meta = exp.metadata
+    if meta.get("frozen"):
+        raise ExportError(f"{path} is frozen (its weights are inlined constants); rebuild "
+                          f"from the file it was made from: {meta.get('derived_from', '?')}")
     kw = {"pretrained": False} if meta["architecture"] in BACKBONES else {}
     net = create_model(meta["architecture"], len(exp.classes), **kw).eval()
     if hasattr(exp.module, "net"):  # the contract before `embed`: one traced network
@@ -42,9 +45,8 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
     return net, preset, exp
 
 
-def reexport(path: Path, out: Path, command: str, places: dict | None = None) -> Path:
-    """Write `path`'s model to `out` under the current contract (see the module doc);
-    `places` replaces metadata["places"] (how taught places compete, train.places)."""
+def reexport(path: Path, out: Path, command: str) -> Path:
+    """Write `path`'s model to `out` under the current contract (see the module doc)."""
     net, preset, exp = rebuild(path)
     meta = exp.metadata
     gen = torch.Generator().manual_seed(0)
@@ -52,8 +54,6 @@ def reexport(path: Path, out: Path, command: str, places: dict | None = None) ->
     keep = {k: v for k, v in meta.items() if k not in ("preset", "temperature", "tta_flip",
                                                         "background_logit", "num_classes",
                                                         "embedding_dim")}
-    if places is not None:
-        keep["places"] = places
     return export_model(net, preset, exp.classes, {**keep, "reexport_command": command}, out,
                         samples, temperature=meta["temperature"], flip=meta["tta_flip"],
                         background=meta["background_logit"])

@@ -357,10 +357,12 @@ def run_info(trainer: Trainer, **extra: object) -> dict:
 
 
 def write_report(report: dict, history: list[dict], classes: list[str], export: Path) -> None:
-    """STEM.report.json, STEM.curves.png and STEM.confusion.png beside the model file."""
+    """STEM.report.json, STEM.confusion.png, STEM.reliability.png and, when it trained,
+    STEM.curves.png beside the model file."""
     stem = export.with_suffix("")
     Path(f"{stem}.report.json").write_text(json.dumps(report, indent=2))
-    plots.training_curves(history, f"{stem}.curves.png", title=export.name)
+    if history:
+        plots.training_curves(history, f"{stem}.curves.png", title=export.name)
     split = "test" if "test" in report else "val"
     plots.confusion_png(report[split]["confusion"], classes, f"{stem}.confusion.png",
                         title=f"{export.name}: {split} top-1 {report[split]['top1']:.3f}")

@@ -1,0 +1,67 @@
+"""python -m train.fast: the same weights at a smaller input, re-calibrated, frozen."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from landmark.calibration import calibrated_softmax
+from landmark.data import load_image
+from landmark.data.imageio import to_tensor
+from landmark.export import load_exported
+from landmark.presets import EvalPreprocess
+from tests.conftest import REPO, real_photos
+from train import fast
+from train.reexport import rebuild
+
+
+@pytest.fixture(scope="module")
+def model_48(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CNN trained at 48 px on real photos (one epoch)."""
+    out = tmp_path_factory.mktemp("m48")
+    res = subprocess.run(
+        [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model", "tiny_cnn",
+         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+         "--output", str(out), "--cache-dir", str(out / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "scratch.pt"
+
+
+def test_fast_model_is_the_same_network_at_the_smaller_size(model_48: Path, tiny_data: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "fast.pt"
+    assert fast.main([str(model_48), "--crop-size", "32", "--data", str(tiny_data),
+                      "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    model = load_exported(out)
+    meta = model.metadata
+    assert meta["frozen"] is True and meta["derived_from"] == str(model_48)
+    assert (meta["preset"]["crop_size"], meta["preset"]["resize_size"]) == (32, 36)
+    assert "train.fast" in meta["fast_command"] and 0 < meta["reject_threshold"] < 1
+    assert meta["metrics"]["val"]["n"] > 0 and (tmp_path / "fast.report.json").exists()
+    net, preset, _ = rebuild(model_48)
+    small = fast.smaller(preset, 32)
+    for photo in real_photos("11.Niagara_Falls", "test", 2):
+        x = to_tensor(load_image(photo))[None].float() / 255
+        with torch.no_grad():
+            want = calibrated_softmax(net(EvalPreprocess(small)(x)), meta["temperature"],
+                                      meta["background_logit"])
+            assert torch.allclose(model.module(x), want, atol=1e-5)
+
+
+def test_bad_requests_are_one_clear_error(model_48: Path, tiny_data: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--data", str(tiny_data), "--cache-dir", str(tmp_path / "cache")]
+    assert fast.main([str(model_48), "--crop-size", "64", "--out", str(tmp_path / "a.pt"),
+                      *args]) == 1
+    assert "between 32 and the model's own 48" in capsys.readouterr().err
+    frozen = tmp_path / "frozen.pt"
+    assert fast.main([str(model_48), "--crop-size", "40", "--out", str(frozen), *args]) == 0
+    assert fast.main([str(frozen), "--crop-size", "32", "--out", str(tmp_path / "b.pt"),
+                      *args]) == 1
+    assert "is frozen" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["frozen.pt"]

@@ -1,0 +1,110 @@
+"""A faster model file from a trained one: the same weights at a smaller input, frozen.
+
+    python -m train.fast models/transfer.pt --crop-size 224 \
+        --data ../shared/data/landmark_images --out models/transfer_fast.pt
+
+A CNN's cost grows with the square of its input side, and a network fine-tuned on random
+resized crops has seen landmarks at many scales, so a smaller centre crop keeps most of
+its accuracy. The network is rebuilt from the file's weights; the resize keeps the file's
+crop ratio. Temperature and reject threshold are chosen again at the new size, on the
+validation split and the tuning half of unknown/ (the rule of the trainers; the test split
+is only reported). The export is frozen (`torch.jit.freeze`). Afterwards, choose how taught
+places compete at the new size: `python -m train.places OUT --write ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from landmark.cli import add_data_arg
+from landmark.data import DatasetError
+from landmark.data.cache import DEFAULT_CACHE_DIR
+from landmark.export import ExportError, export_model
+from landmark.presets import Preset
+from train.assess import assess
+from train.reexport import rebuild
+from train.runner import load_splits, setup_logging, write_report
+
+log = logging.getLogger("train")
+CONTRACT_KEYS = ("preset", "temperature", "tta_flip", "background_logit", "num_classes",
+                 "embedding_dim", "frozen", "places", "places_command", "metrics",
+                 "reject_threshold", "open_set", "reexport_command")
+
+
+def smaller(preset: Preset, crop: int) -> Preset:
+    """`preset` at crop side `crop`, resizing with the same crop ratio."""
+    if not 32 <= crop <= preset.crop_size:
+        raise ValueError(f"--crop-size must be between 32 and the model's own "
+                         f"{preset.crop_size}, not {crop}")
+    return replace(preset, crop_size=crop,
+                   resize_size=math.floor(crop * preset.resize_size / preset.crop_size))
+
+
+def data_args(args: argparse.Namespace, meta: dict) -> argparse.Namespace:
+    """The trainers' data options, with the seed and outlier exposure the model trained
+    with, so validation and the tuning unknown photos are the ones it never trained on."""
+    cfg = meta.get("train_config", {})
+    return argparse.Namespace(data=args.data, val_fraction=args.val_fraction,
+                              seed=cfg.get("seed", 0), fold=None, unknown=None,
+                              extra_train=[], no_cache=False, cache_dir=args.cache_dir,
+                              outlier_weight=cfg.get("outlier_weight", 0.0))
+
+
+def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
+    """Export args.model at args.crop_size to args.out; returns (path, report)."""
+    net, preset, exp = rebuild(args.model)
+    small = smaller(preset, args.crop_size)
+    data = load_splits(data_args(args, exp.metadata), small)
+    report, settings = assess(net, small, data, "off", True, args.accept_known,
+                              exposure="outliers" in data)
+    meta = {k: v for k, v in exp.metadata.items() if k not in CONTRACT_KEYS}
+    meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
+                date=datetime.now(UTC).isoformat(timespec="seconds"),
+                metrics={s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
+                         for s in ("val", "test") if s in report},
+                reject_threshold=settings.reject_threshold,
+                open_set=report.get("open_set", {}).get("shipped"))
+    samples = [img.float() / 255.0 for img in data["val"].images[:4]]
+    export_model(net, small, exp.classes, meta, args.out, samples,
+                 temperature=settings.temperature, background=settings.background,
+                 freeze=True)
+    write_report(report, [], exp.classes, args.out)
+    return args.out, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.fast", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="trained model file (not frozen)")
+    add_data_arg(p)
+    p.add_argument("--crop-size", type=int, default=224,
+                   help="input side of the fast model (default 224)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the fast model")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share carved from train, as the model was trained")
+    p.add_argument("--accept-known", type=float, default=0.95,
+                   help="share of validation photos the reject threshold keeps at least")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help="decoded-photo cache")
+    args = p.parse_args(argv)
+    setup_logging()
+    command = shlex.join(["python", "-m", "train.fast", *(argv or sys.argv[1:])])
+    try:
+        out, report = make_fast(args, command)
+    except (OSError, ValueError, KeyError, DatasetError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    log.info("wrote %s: val top-1 %.4f%s", out, report["val"]["top1"],
+             f", test top-1 {report['test']['top1']:.4f}" if "test" in report else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
