@@ -108,3 +108,25 @@ def lines_png(series: dict[str, dict[float, float]], path: str | Path, xlabel: s
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def robustness_png(results: dict[str, dict[str, dict]], path: str | Path,
+                   target: float) -> Path:
+    """Per degradation and model: top-1 (bar) and the share of accepted answers that are
+    right (dot), with the target as a line."""
+    names = list(next(iter(results.values())))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(results)
+    for i, (model, rows) in enumerate(results.items()):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(names))]
+        bars = ax.bar(xs, [rows[n]["top1"] for n in names], width, label=f"{model}: top-1",
+                      alpha=0.7)
+        ax.plot(xs, [rows[n]["accepted_right"] for n in names], "o",
+                color=bars.patches[0].get_facecolor(), markeredgecolor="black",
+                label=f"{model}: accepted answers right")
+    ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+    ax.set(ylim=(0, 1.02), ylabel="share of test photos")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
