@@ -191,3 +191,16 @@ def test_cli_add_list_import_remove_and_batch_tagging(tmp_path: Path) -> None:
     assert len(taught) >= 5 and taught[0]["predictions"][0]["landmark"] == "Comet Falls"
     assert _cli("remove", "Comet Falls", store=store).returncode == 0
     assert "Comet Falls" not in _cli("list", store=store).stdout
+
+
+def test_place_search_leaves_torch_on_all_its_threads() -> None:
+    """FAISS and torch share one OpenMP runtime: pinning FAISS to one thread used to pin
+    torch too, and every tag ran on one core."""
+    code = ("import torch; n = torch.get_num_threads(); import numpy as np; "
+            "from landmark.places import PlaceIndex; "
+            "PlaceIndex(np.eye(4, dtype=np.float32), np.arange(4), []).best(np.eye(4)[:1]); "
+            "print(n, torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out == ["2", "2"]

@@ -4,6 +4,8 @@ model's mapping from cosine similarity to a calibrated confidence."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,19 @@ from landmark.places.store import Place
 # Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
 # takes ~0.3 ms at 1e3 and 40-80 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4-8 ms.
 EXACT_MAX = 10_000
-# Searches here are one photo at a time: FAISS's OpenMP threads would only contend with
-# torch's own for the same cores.
-faiss.omp_set_num_threads(1)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Searches here are one photo at a time, so FAISS's OpenMP threads would only contend
+    with torch's for the same cores. The two share one OpenMP runtime: the calling
+    thread's count is restored after, or torch would be left on one thread too."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def model_key(path: Path) -> str:
@@ -67,7 +79,8 @@ class PlaceIndex:
         n = len(queries)
         if not len(self):
             return np.full(n, -1), np.full(n, -np.inf, dtype=np.float32)
-        sims, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+        with one_thread():
+            sims, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
         return self.owners[ids[:, 0]], sims[:, 0]
 
 
