@@ -31,6 +31,8 @@ from landmark.tag import run as tag_run
 from landmark.tag import stream_plan, torch_threads
 from train.reexport import rebuild
 
+LATENCY_PHOTOS = 60
+
 
 def timed(fn, repeat: int) -> list[float]:
     out = []
@@ -85,10 +87,12 @@ def bench_model(path: Path, photos: list[Path], batch: int, repeats: int = 3) ->
     pred = Predictor(path)
     preset = pred.metadata["preset"]
     crop, size = preset["crop_size"], preset["resize_size"]
-    for p in photos[:3]:
-        pred.tag(p)  # warm-up
+    for p in photos[:LATENCY_PHOTOS]:
+        # warm-up: the file cache, and TorchScript's per-shape specialisation, so the
+        # first model measured is not the one that pays for them
+        pred.tag(p)
     lat = []
-    for photo in photos[:60]:
+    for photo in photos[:LATENCY_PHOTOS]:
         start = time.perf_counter()
         pred.tag(photo)
         lat.append(time.perf_counter() - start)
