@@ -30,7 +30,7 @@ from landmark.export import ExportError, export_model
 from landmark.presets import Preset
 from train.assess import assess
 from train.reexport import rebuild
-from train.runner import load_splits, setup_logging, write_report
+from train.runner import headline_metrics, load_splits, setup_logging, write_report
 
 log = logging.getLogger("train")
 CONTRACT_KEYS = ("preset", "temperature", "tta_flip", "background_logit", "num_classes",
@@ -67,8 +67,7 @@ def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
     meta = {k: v for k, v in exp.metadata.items() if k not in CONTRACT_KEYS}
     meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
                 date=datetime.now(UTC).isoformat(timespec="seconds"),
-                metrics={s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
-                         for s in ("val", "test") if s in report},
+                metrics=headline_metrics(report),
                 reject_threshold=settings.reject_threshold,
                 open_set=report.get("open_set", {}).get("shipped"))
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]

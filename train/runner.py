@@ -258,8 +258,7 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                 **({"export_command": command, "training": trained.run} if args.export_only
                    else {}),
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "metrics": {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
-                            for s in ("val", "test") if s in report},
+                "metrics": headline_metrics(report),
                 "reject_threshold": settings.reject_threshold,
                 "training_data": training_data(args, data),
                 "open_set": report.get("open_set", {}).get("shipped"),
@@ -271,6 +270,12 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                  background=settings.background)
     write_report(report, trained.history, data["train"].classes, export)
     return export
+
+
+def headline_metrics(report: dict) -> dict:
+    """The figures a model file's metadata keeps from its report, per split."""
+    return {s: {k: report[s][k] for k in ("n", "top1", "top3", "ece_after")}
+            for s in ("val", "test") if s in report}
 
 
 def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dict:
