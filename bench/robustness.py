@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from bench.accuracy import _share
 from bench.report import update_section
 from landmark import plots
 from landmark.cli import add_data_arg
-from landmark.data import scan_split
+from landmark.data import scan_split, stratified_split
+from landmark.data.datasets import VAL_FRACTION
 from landmark.data.imageio import load_image, to_tensor
 from landmark.export import load_exported
 from landmark.resolve import resolve
@@ -112,13 +114,22 @@ def main() -> None:
     add_data_arg(p)
     p.add_argument("--models", nargs="+", default=["transfer", "scratch"],
                    help="model names or .pt files")
-    p.add_argument("--photos", type=int, default=None, help="test photos (default: all)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test/, or the trainers' default validation split (10%% of train/, "
+                        "seed 0), to choose between candidate models without test/")
+    p.add_argument("--photos", type=int, default=None, help="photos (default: all)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.md",
+                   help="write the table (and its plot beside it) here instead of "
+                        "BENCHMARKS.md, to compare candidate models")
     args = p.parse_args()
-    test = scan_split(args.data, "test")
-    photos, labels = test.paths[: args.photos], torch.as_tensor(test.labels[: args.photos])
+    if args.split == "val":
+        split = stratified_split(scan_split(args.data, "train"), VAL_FRACTION)[1]
+    else:
+        split = scan_split(args.data, "test")
+    photos, labels = split.paths[: args.photos], torch.as_tensor(split.labels[: args.photos])
     results = {Path(m).stem: measure(resolve(m), photos, labels) for m in args.models}
-    lines = [f"{len(photos)} test photos, each degraded one way; each model at its own reject "
-             "threshold. *Accepted right*: of the answers the model accepted (tagged), the "
+    lines = [f"{len(photos)} {args.split} photos, each degraded one way; each model at its own "
+             "reject threshold. *Accepted right*: of the answers the model accepted (tagged), the "
              f"share that is right (target at least {ACCEPTED_RIGHT_TARGET:.0%}); a miss is "
              "marked **bold**. In brackets: 95% Wilson intervals.", "",
              "| degradation | model | top-1 | accepted | accepted right |", "|---|---|---|---|---|"]
@@ -130,8 +141,14 @@ def main() -> None:
                 right = f"**{right}**"
             lines.append(f"| {name} | {model} | {_share(r['top1'], r['n'])} | "
                          f"{r['accepted']:.3f} | {right} |")
-    RESULTS.mkdir(exist_ok=True)
-    plots.robustness_png(results, RESULTS / "robustness.png", ACCEPTED_RIGHT_TARGET)
+    png = args.out.with_suffix(".png") if args.out else RESULTS / "robustness.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plots.robustness_png(results, png, ACCEPTED_RIGHT_TARGET)
+    if args.out:
+        command = "python -m bench.robustness " + " ".join(sys.argv[1:])
+        args.out.write_text("\n".join([f"`{command}`", "", *lines, "", f"![plot]({png.name})"]))
+        print(args.out.read_text())
+        return
     lines += ["", "![top-1 and accepted answers right, by degradation]"
                   "(bench/results/robustness.png)"]
     update_section("robustness", "Robustness to degraded photos", "\n".join(lines))

@@ -9,8 +9,8 @@ Resize, crop and normalisation live inside the file; calibration temperature and
 optional flip test-time augmentation too. Extra files inside the archive:
 `classes.json` (class folder names in output order) and `metadata.json`.
 This module imports no architecture: serving code uses `load_exported` only; a network
-to export only has to offer `split_head()` -> (features: photo -> (N, D), head:
-features -> logits).
+to export only has to offer `split_head()` -> (features: photo -> (pooled (N, F),
+descriptor (N, D)), head: pooled -> logits); see landmark.models.embedding.
 """
 
 from __future__ import annotations
@@ -44,16 +44,14 @@ class ExportedClassifier(nn.Module):
     With `background` b, an implicit "none of these" logit joins the softmax and is then
     dropped (`calibrated_softmax`): the top probability then also falls when every logit
     is low (an energy score), which separates unknown places better, while the ranking of
-    classes stays the same. The embedding is the features the head sees, through
-    `projection` (identity unless a whitening was learned), L2-normalised."""
+    classes stays the same. The embedding is the features' descriptor, L2-normalised."""
 
     def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
                  temperature: float = 1.0, flip: bool = False,
-                 background: float | None = None, projection: nn.Module | None = None) -> None:
+                 background: float | None = None) -> None:
         super().__init__()
         self.pre = EvalPreprocess(preset)
         self.features, self.head = features, head
-        self.projection = projection if projection is not None else nn.Identity()
         self.temperature = float(temperature)
         self.flip = flip
         self.use_background = background is not None
@@ -63,8 +61,9 @@ class ExportedClassifier(nn.Module):
         background: float | None = self.background if self.use_background else None
         return calibrated_softmax(logits, self.temperature, background)
 
-    def _features(self, x: Tensor) -> list[Tensor]:
-        """The checked, preprocessed photos' features, and the mirrored view's with flip."""
+    def _features(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The checked, preprocessed photos' (pooled, descriptor), and the mirrored view's
+        with flip."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError("expected a float (N, 3, H, W) batch")
         if x.shape[-1] < 32 or x.shape[-2] < 32:
@@ -75,15 +74,15 @@ class ExportedClassifier(nn.Module):
             views.append(self.features(x.flip(-1)))
         return views
 
-    def _probs(self, views: list[Tensor]) -> Tensor:
-        probs = self.probs(self.head(views[0]))
+    def _probs(self, views: list[tuple[Tensor, Tensor]]) -> Tensor:
+        probs = self.probs(self.head(views[0][0]))
         if len(views) == 2:
-            probs = 0.5 * (probs + self.probs(self.head(views[1])))
+            probs = 0.5 * (probs + self.probs(self.head(views[1][0])))
         return probs
 
-    def _embed(self, views: list[Tensor]) -> Tensor:
-        mean = views[0] if len(views) == 1 else 0.5 * (views[0] + views[1])
-        return F.normalize(self.projection(mean), dim=1)
+    def _embed(self, views: list[tuple[Tensor, Tensor]]) -> Tensor:
+        mean = views[0][1] if len(views) == 1 else 0.5 * (views[0][1] + views[1][1])
+        return F.normalize(mean, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._probs(self._features(x))
@@ -108,12 +107,10 @@ class Exported:
 
 
 def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
-         background: float | None = None,
-         projection: nn.Module | None = None) -> ExportedClassifier:
+         background: float | None = None) -> ExportedClassifier:
     """The eager wrapper around `net` (which offers `split_head()`)."""
     features, head = net.eval().cpu().split_head()
-    return ExportedClassifier(features, head, preset, temperature, flip, background,
-                              projection).eval()
+    return ExportedClassifier(features, head, preset, temperature, flip, background).eval()
 
 
 def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
@@ -122,18 +119,16 @@ def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
     with torch.no_grad():
         features = torch.jit.trace(eager.features.to(memory_format=torch.contiguous_format),
                                    example)
-        pooled = features(example)
+        pooled, _ = features(example)
         head = torch.jit.trace(eager.head, pooled)
-        projection = torch.jit.trace(eager.projection, pooled, check_trace=False)
     background = eager.background if eager.use_background else None
     return torch.jit.script(ExportedClassifier(features, head, preset, eager.temperature,
-                                               eager.flip, background, projection))
+                                               eager.flip, background))
 
 
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
-                 flip: bool = False, background: float | None = None,
-                 projection: nn.Module | None = None, atol: float = 1e-4,
+                 flip: bool = False, background: float | None = None, atol: float = 1e-4,
                  freeze: bool = False) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
@@ -144,7 +139,7 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    eager = wrap(net, preset, temperature, flip, background, projection)
+    eager = wrap(net, preset, temperature, flip, background)
     scripted = script(eager, preset)
     if freeze:
         scripted = torch.jit.freeze(scripted.eval(), preserved_attrs=list(METHODS))
@@ -152,7 +147,7 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
         dim = eager.embed(samples[0][None]).shape[1]
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
             "tta_flip": flip, "background_logit": background, "num_classes": len(classes),
-            "embedding_dim": dim, "frozen": freeze}
+            "embedding_dim": dim, "embedding": eager.features.kind, "frozen": freeze}
     tmp = path.with_name(f".{path.name}.tmp")
     _save(scripted, tmp, classes, meta)
     loaded = load_exported(tmp)

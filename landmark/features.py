@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,7 +64,10 @@ def cached_features(backbone: nn.Module, data: CachedSplit, preset: Preset, view
         if cache_dir is None:
             out.append(extract(backbone, data, preset, view, desc=desc))
             continue
-        key = hashlib.sha1(f"{digest}{preset}{view}{data.paths}".encode()).hexdigest()[:16]
+        # the eval views (0, 1) do not depend on the augmentation settings
+        shape = preset if view >= 2 else replace(preset, min_scale=0.0, randaug_magnitude=0,
+                                                  degrade=0.0)
+        key = hashlib.sha1(f"{digest}{shape}{view}{data.paths}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"feat-{desc}-{key}.pt"
         if path.exists():
             out.append(torch.load(path))

@@ -31,6 +31,7 @@ class Preset:
     # train-time augmentation
     min_scale: float = field(default=0.25, compare=False)
     randaug_magnitude: int = field(default=9, compare=False)
+    degrade: float = field(default=0.0, compare=False)  # share of views degraded
 
     @classmethod
     def from_crop_pct(cls, crop_size: int, crop_pct: float, **kw: object) -> Preset:
@@ -90,6 +91,33 @@ def cache_image(img: Tensor, size: int, interpolation: str = "bilinear") -> Tens
     return (x.squeeze(0) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
+class QuarterTurn(nn.Module):
+    """A quarter turn either way: a phone photo whose EXIF orientation was lost."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.rot90(x, 1 if torch.rand(()) < 0.5 else 3, (-2, -1))
+
+
+class SensorNoise(nn.Module):
+    """Gaussian noise on a uint8 image, its sigma drawn from `sigma` (share of 255)."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.02, 0.12)) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = 255.0 * float(torch.empty(()).uniform_(*self.sigma))
+        return (x.float() + s * torch.randn(x.shape)).round().clamp(0, 255).to(torch.uint8)
+
+
+def degradations(p: float) -> nn.Module:
+    """With probability p, one of the degradations that cost the transfer model most on
+    `python -m bench.robustness`: blur (sigma up to 4 px at the crop, about the bench's
+    1% of a photo's long side), a quarter turn, sensor noise."""
+    blur = v2.GaussianBlur(kernel_size=25, sigma=(0.5, 4.0))
+    return v2.RandomApply([v2.RandomChoice([blur, QuarterTurn(), SensorNoise()])], p=p)
+
+
 def train_transform(preset: Preset) -> v2.Compose:
     """uint8 (3, S, S) tensor -> augmented, normalised float (3, crop, crop)."""
     interp = v2.InterpolationMode(preset.interpolation)
@@ -102,6 +130,8 @@ def train_transform(preset: Preset) -> v2.Compose:
         # its affine ops take nearest/bilinear only on tensors
         steps.append(v2.RandAugment(num_ops=2, magnitude=preset.randaug_magnitude,
                                     interpolation=v2.InterpolationMode.BILINEAR))
+    if preset.degrade > 0:
+        steps.append(degradations(preset.degrade))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
     return v2.Compose(steps)
 

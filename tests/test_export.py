@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from landmark.calibration import calibrated_softmax
 from landmark.data import load_image
 from landmark.export import ExportError, export_model, load_exported, update_metadata
 from landmark.models import create_model
+from landmark.models.embedding import Pooled
 from landmark.presets import EvalPreprocess
 from tests.conftest import real_photos
 
@@ -56,7 +59,8 @@ def test_loaded_file_matches_eager_model(exported: tuple[Path, nn.Module]) -> No
     want = 0.5 * (net(pre).softmax(1) + net(pre.flip(-1)).softmax(1))
     assert torch.allclose(loaded.module(x), want, atol=1e-5)
     features, _ = net.split_head()
-    emb = torch.nn.functional.normalize(0.5 * (features(pre) + features(pre.flip(-1))), dim=1)
+    emb = torch.nn.functional.normalize(0.5 * (features(pre)[1] + features(pre.flip(-1))[1]),
+                                        dim=1)
     assert torch.allclose(loaded.module.embed(x), emb, atol=1e-5)
     probs, both = loaded.module.probs_and_embedding(x)
     assert torch.allclose(probs, want, atol=1e-5) and torch.allclose(both, emb, atol=1e-5)
@@ -80,7 +84,7 @@ class _BranchyNet(nn.Module):
     """Data-dependent control flow: tracing bakes one branch, so the export must notice."""
 
     def split_head(self) -> tuple[nn.Module, nn.Module]:
-        return self, nn.Identity()
+        return Pooled(self), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = x.mean((2, 3))
@@ -98,12 +102,12 @@ def test_export_verification_catches_a_mismatch(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["transfer", "scratch"])
-def test_bundled_models_gained_embed_and_kept_their_probabilities(name: str) -> None:
-    """models/*.pt were exported again with `embed` (python -m train.reexport): their
-    probabilities equal those the files gave before, recorded in tests/data."""
+def test_bundled_models_keep_their_shipped_probabilities_and_embed(name: str) -> None:
+    """models/*.pt, exported again under the current contract (python -m train.reexport),
+    give the probabilities recorded in tests/data when each was shipped."""
     from landmark.data.imageio import to_tensor
     from landmark.resolve import MODELS_DIR
-    before = json.loads((Path(__file__).parent / "data" / "pre_embed_probs.json")
+    before = json.loads((Path(__file__).parent / "data" / "shipped_probs.json")
                         .read_text())["models"][name]
     model = load_exported(MODELS_DIR / f"{name}.pt")
     for photo, want in before.items():
@@ -128,8 +132,9 @@ def test_frozen_export_matches_and_keeps_the_contract(tmp_path: Path) -> None:
     pre = EvalPreprocess(net.preset)(x)
     features, head = net.split_head()
     with torch.no_grad():
-        want_probs = head(features(pre)).softmax(1)
-        want_emb = torch.nn.functional.normalize(features(pre), dim=1)
+        pooled, descriptor = features(pre)
+        want_probs = head(pooled).softmax(1)
+        want_emb = torch.nn.functional.normalize(descriptor, dim=1)
         probs, emb = loaded.module.probs_and_embedding(x)
     assert torch.allclose(probs, want_probs, atol=1e-5)
     assert torch.allclose(emb, want_emb, atol=1e-5)
@@ -148,3 +153,45 @@ def test_update_metadata_merges_and_leaves_the_network_alone(
     x = _photo(4)[None]
     assert torch.equal(after.module(x), before.module(x))
     assert [p.name for p in tmp_path.iterdir()] == ["copy.pt"]  # no temporary file left
+
+
+def test_efficientnet_embeds_gem_of_its_last_blocks_and_keeps_its_probabilities(
+        tmp_path: Path) -> None:
+    """An EfficientNet's file embeds by GeM of its last two blocks and final map (each
+    L2-normalised), computed here from the timm network's own modules; its probabilities
+    are still head(global pool)."""
+    torch.manual_seed(0)
+    net = create_model("efficientnet_lite0", len(CLASSES), pretrained=False).eval()
+    path = export_model(net, net.preset, CLASSES, {"architecture": "efficientnet_lite0"},
+                        tmp_path / "e.pt", [_photo(0)])
+    loaded = load_exported(path)
+    x = _photo(1)[None]
+    b = net.backbone
+    with torch.no_grad():
+        h = b.bn1(b.conv_stem(loaded.module.pre(x)))
+        maps = []
+        for block in b.blocks:
+            h = block(h)
+            maps.append(h)
+        final = b.bn2(b.conv_head(h))
+        parts = [m.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3) for m in (*maps[-2:], final)]
+        want = F.normalize(torch.cat([F.normalize(p, dim=1) for p in parts], 1), dim=1)
+        probs = net.head(final.mean((2, 3))).softmax(1)
+        got_probs, got = loaded.module.probs_and_embedding(x)
+    assert "GeM" in loaded.metadata["embedding"]
+    assert got.shape[1] == loaded.metadata["embedding_dim"] == 192 + 320 + 1280
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got_probs, probs, atol=1e-5)
+
+
+def test_files_written_before_the_descriptor_rebuild_with_their_probabilities() -> None:
+    """models/scratch.pt keeps the older layout (the network itself as `features`);
+    train.reexport still rebuilds it exactly."""
+    from landmark.resolve import MODELS_DIR
+    from train.reexport import rebuild
+    net, preset, exp = rebuild(MODELS_DIR / "scratch.pt")
+    meta = exp.metadata
+    x = _photo(2)[None]
+    with torch.no_grad():
+        logits = net(EvalPreprocess(preset)(x))
+        want = calibrated_softmax(logits, meta["temperature"], meta["background_logit"])
+        assert torch.allclose(exp.module(x), want, atol=1e-5)

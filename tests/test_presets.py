@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -5,6 +7,8 @@ from landmark.data import load_image
 from landmark.presets import (
     EvalPreprocess,
     Preset,
+    QuarterTurn,
+    SensorNoise,
     cache_image,
     eval_transform,
     resize_short,
@@ -58,3 +62,32 @@ def test_bilinear_cache_resizes_in_uint8_within_one_grey_level() -> None:
                                           std=(1.0,) * 3))(full[None].float() / 255)[0]
     assert fast.dtype == torch.uint8 and fast.shape == (3, 73, 73)
     assert (fast.float() - through_float * 255).abs().max() <= 1.0
+
+
+def test_quarter_turn_and_noise_are_the_degradations_they_claim() -> None:
+    img = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
+    turns = {QuarterTurn()(img).shape for _ in range(20)}
+    assert turns == {(3, 60, 40)}
+    turned = QuarterTurn()(img)
+    assert any(torch.equal(turned, torch.rot90(img, k, (-2, -1))) for k in (1, 3))
+    flat = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    noisy = SensorNoise((0.1, 0.1))(flat)
+    assert noisy.dtype == torch.uint8
+    assert 20 < noisy.float().std() < 32  # sigma 0.1 of 255, clipped a little
+
+
+def test_degrade_share_sets_how_many_training_views_are_degraded() -> None:
+    """degrade=1 changes every view against the same random crop without it; 0 none."""
+    photo = load_image(real_photos("03.Eiffel_Tower")[0])
+    full = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)
+    img = cache_image(full, 73)
+    plain = Preset(crop_size=64, resize_size=73, randaug_magnitude=0)
+    for share, changed in ((0.0, 0), (1.0, 12)):
+        differs = 0
+        for seed in range(12):
+            torch.manual_seed(seed)
+            want = train_transform(plain)(img)
+            torch.manual_seed(seed)
+            got = train_transform(replace(plain, degrade=share))(img)
+            differs += not torch.equal(want, got)
+        assert differs == changed, share

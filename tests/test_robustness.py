@@ -1,10 +1,14 @@
 """bench.robustness degrades photos the way its table says."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from bench.robustness import DEGRADATIONS
 from landmark.data import load_image
-from tests.conftest import real_photos
+from tests.conftest import REPO, SHARED, real_photos
 
 
 def test_each_degradation_does_what_its_name_says() -> None:
@@ -26,3 +30,19 @@ def test_each_degradation_does_what_its_name_says() -> None:
         assert np.abs(x - clean).mean() > 1.0, name
     assert np.array_equal(np.asarray(DEGRADATIONS["noise (sigma 0.1)"](img)),
                           np.asarray(out["noise (sigma 0.1)"]))  # seeded: the same every run
+
+
+def test_out_writes_a_comparison_table_and_leaves_benchmarks_alone(tmp_path: Path) -> None:
+    """--split val --out: candidates compared without test/, BENCHMARKS.md untouched."""
+    bench_md = (REPO / "BENCHMARKS.md").read_text()
+    out = tmp_path / "cmp.md"
+    res = subprocess.run([sys.executable, "-m", "bench.robustness", "--data", str(SHARED),
+                          "--models", "scratch", "--split", "val", "--photos", "3",
+                          "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = out.read_text()
+    assert "--photos 3" in table and "3 val photos" in table
+    assert table.count("| scratch |") == len(DEGRADATIONS)
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    assert (REPO / "BENCHMARKS.md").read_text() == bench_md

@@ -334,3 +334,26 @@ def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> Non
     share = (drawn == 1).float().mean().item()
     assert 0.4 < share < 0.6  # unbalanced, class 1 would be 10%
     assert torch.allclose(class_weights(labels, 2), torch.tensor([100 / 180, 100 / 20]))
+
+
+def test_degrade_recomputes_only_the_augmented_feature_views(tiny_data: Path, cache_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Cached frozen features: views 0 and 1 (the eval crop and its mirror) are shared by
+    runs that differ only in augmentation; the augmented views are not."""
+    from dataclasses import replace
+
+    from landmark.features import cached_features
+    model = create_model("tiny_cnn", 2)
+    data = _data(tiny_data, cache_dir, model.preset.resize_size)
+    backbone = torch.nn.Sequential(model.features, torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten())
+    feats = tmp_path / "feats"
+    plain, _ = cached_features(backbone, data, model.preset, 3, feats, "train")
+    assert len(list(feats.iterdir())) == 3
+    torch.manual_seed(1)
+    degraded, _ = cached_features(backbone, data, replace(model.preset, degrade=1.0), 3, feats,
+                                  "train")
+    assert len(list(feats.iterdir())) == 4
+    n = len(data.labels)
+    assert torch.equal(plain[:2 * n], degraded[:2 * n])
+    assert not torch.allclose(plain[2 * n:], degraded[2 * n:])

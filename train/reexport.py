@@ -2,6 +2,11 @@
 
     python -m train.reexport models/transfer.pt                  # in place
     python -m train.reexport models/scratch.pt --out /tmp/s.pt
+    python -m train.reexport models/transfer.pt --backbone-out runs/backbone.pth
+
+`--backbone-out` writes the file's backbone weights instead, for `train.transfer
+--weights`: a new head trained on a backbone fine-tuned before (on a CPU, on cached
+features).
 
 Files written before the contract had `embed` gain it: the network is rebuilt from the
 registry (`metadata["architecture"]`), loaded with the file's weights and exported with
@@ -38,7 +43,9 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
         net.load_state_dict(exp.module.net.state_dict())
     else:
         features, head = net.split_head()
-        features.load_state_dict(exp.module.features.state_dict())
+        saved = exp.module.features
+        # files before landmark.models.embedding held the network itself as `features`
+        features.net.load_state_dict(getattr(saved, "net", saved).state_dict())
         head.load_state_dict(exp.module.head.state_dict())
     preset = Preset(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in meta["preset"].items()})
@@ -59,15 +66,32 @@ def reexport(path: Path, out: Path, command: str) -> Path:
                         background=meta["background_logit"])
 
 
+def save_backbone(path: Path, out: Path) -> Path:
+    """The file's transfer backbone as a state dict that timm's loader reads."""
+    net, _, exp = rebuild(path)
+    if not hasattr(net, "backbone"):
+        raise ExportError(f"a {exp.metadata['architecture']} has no pretrained backbone to "
+                          "reuse; --backbone-out takes a train.transfer model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.backbone.state_dict(), out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.reexport", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="model file to export again")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: in place)")
+    p.add_argument("--backbone-out", type=Path, default=None, metavar="FILE.pth",
+                   help="write the backbone's weights here instead (for train.transfer "
+                        "--weights)")
     args = p.parse_args(argv)
     command = shlex.join(["python", "-m", "train.reexport", *(argv or sys.argv[1:])])
     try:
-        out = reexport(args.model, args.out or args.model, command)
+        if args.backbone_out:
+            out = save_backbone(args.model, args.backbone_out)
+        else:
+            out = reexport(args.model, args.out or args.model, command)
     except (OSError, RuntimeError, KeyError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from landmark.data import (
     stratified_split,
 )
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
+from landmark.data.datasets import VAL_FRACTION
 from landmark.data.layout import unknown_split
 from landmark.engine import TrainConfig, Trainer
 from landmark.export import export_model
@@ -58,7 +59,7 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, type=Path,
                    help="dataset root holding train/NN.Class/*.jpg (and test/ for figures)")
-    d.add_argument("--val-fraction", type=float, default=0.1,
+    d.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
                    help="share of each training class held out for validation (default 0.1)")
     d.add_argument("--fold", type=fold_arg, default=None, metavar="I/K",
                    help="hold out part I of K of every class for validation instead of "
@@ -81,6 +82,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                        choices=CHOICES.get(f.name),
                        help=f"{HELP.get(f.name, '')} (default: {getattr(defaults, f.name)})"
                        .lstrip())
+    t.add_argument("--degrade", type=float, default=0.0, metavar="P",
+                   help="share of training views given one degradation phones send: blur, a "
+                        "quarter turn or sensor noise (see python -m bench.robustness; "
+                        "default %(default)s)")
     o = p.add_argument_group("output")
     o.add_argument("--output", type=Path, default=Path("runs") / name,
                    help="run folder: checkpoints, metrics.csv (default %(default)s)")
@@ -203,6 +208,7 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     command = "python -m " + " ".join(shlex.quote(a) for a in [f"train.{name}", *sys.argv[1:]])
     log.info("%s", command)
     given = given_threshold(args.threshold_from)  # a bad file fails now, not after training
+    model.preset = replace(model.preset, degrade=args.degrade)
     try:
         data = load_splits(args, model.preset)
     except DatasetError as e:

@@ -11,6 +11,8 @@ from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from landmark.data.layout import Split
 
+VAL_FRACTION = 0.1  # the trainers' default share of each class held out
+
 
 def stratified_split(split: Split, val_fraction: float, seed: int = 0,
                      fold: tuple[int, int] | None = None) -> tuple[Split, Split]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from landmark.models.embedding import Pooled
 from landmark.models.registry import register_model
 from landmark.presets import Preset
 
@@ -59,8 +60,9 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
     def split_head(self) -> tuple[nn.Module, nn.Module]:
-        """(photo -> pooled features, pooled features -> logits), sharing the weights."""
-        return nn.Sequential(self.features, *self.head[:2]), self.head[2:]
+        """(photo -> (pooled features, the same as descriptor), pooled features -> logits),
+        sharing the weights."""
+        return Pooled(nn.Sequential(self.features, *self.head[:2])), self.head[2:]
 
 
 def _init(model: nn.Module) -> nn.Module:
