@@ -280,6 +280,7 @@ def test_browser_reads_right_with_the_network_blocked(app_url: str) -> None:
         page.get_by_text("leaning_tower_of_pisa.jpg: Leaning Tower of Pisa").wait_for()
         tags = page.locator(".hashtags textarea").first.input_value()
         maps = page.locator("svg.worldmap")
+        maps.first.wait_for()  # the map's HTML can land just after the headline's
         assert maps.count() == 1 and maps.first.bounding_box()["width"] > 200
         assert page.locator(".guesses").count() == 1
         assert "below the confidence threshold" in page.locator(".guesses").inner_text()

@@ -152,8 +152,8 @@ def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_pat
     assert report["strategy"] == "partial" and report["unfreeze"] == 1
     # the last stage moved away from the ImageNet weights, the stem did not
     pretrained = create_model("efficientnet_lite0", 2).backbone.state_dict()
-    tuned = {k.removeprefix("features."): v for k, v in exported.module.state_dict().items()
-             if k.startswith("features.")}
+    tuned = {k.removeprefix("features.net."): v for k, v in exported.module.state_dict().items()
+             if k.startswith("features.net.")}
     assert torch.equal(tuned["conv_stem.weight"], pretrained["conv_stem.weight"])
     assert not torch.equal(tuned["conv_head.weight"], pretrained["conv_head.weight"])
     # the run folder exports again (its stages keep their checkpoints in subfolders)
