@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.report import update_section
+from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
 from landmark.data import scan_split
 from landmark.export import ExportError, export_model, wrap
@@ -32,15 +32,6 @@ from landmark.tag import stream_plan, torch_threads
 from train.reexport import rebuild
 
 LATENCY_PHOTOS = 60
-
-
-def timed(fn, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def streamed(fn, threads: int, calls: int = 5) -> float:
@@ -89,12 +80,7 @@ def latencies(preds: list[Predictor], photos: list[Path]) -> list[dict[str, floa
     for pred in preds:
         for photo in photos:
             pred.tag(photo)
-    lat: list[list[float]] = [[] for _ in preds]
-    for photo in photos:
-        for pred, times in zip(preds, lat, strict=True):
-            start = time.perf_counter()
-            pred.tag(photo)
-            times.append(time.perf_counter() - start)
+    lat = take_turns([lambda i, p=pred: p.tag(photos[i]) for pred in preds], len(photos))
     return [{"p50": np.percentile(t, 50) * 1e3, "p95": np.percentile(t, 95) * 1e3}
             for t in lat]
 
@@ -125,7 +111,8 @@ def bench_model(pred: Predictor, photos: list[Path], batch: int, repeats: int = 
             rounds.setdefault("tag", []).append(counts["tagged"] / (time.perf_counter() - start))
         for name, fn in models:
             fn()
-            rounds.setdefault(name, []).append(batch / np.median(timed(fn, 5)))
+            seconds = take_turns([lambda _, f=fn: f()], 5)[0]
+            rounds.setdefault(name, []).append(batch / np.median(seconds))
         rounds.setdefault("streams", []).append(batch * streamed(models[0][1], threads))
     return {**{k: float(np.median(v)) for k, v in rounds.items()},
             "arch": pred.metadata["architecture"],

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import update_section
+from bench.report import take_turns, update_section
 from landmark import plots
 from landmark.cli import add_data_arg
 from landmark.data import split_unknown
@@ -51,15 +51,10 @@ def shots_curve(out: protocol.Outputs) -> dict[int, tuple[float, int]]:
 
 
 def timed(*fns: Callable[[], object], n: int) -> list[tuple[float, float]]:
-    """p50 and p95 in ms of `n` calls of each function, taking turns call by call so that
-    drift on a shared VM falls on all of them alike."""
-    lat: list[list[float]] = [[] for _ in fns]
-    for _ in range(n):
-        for fn, times in zip(fns, lat, strict=True):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000)
-    return [(float(np.percentile(t, 50)), float(np.percentile(t, 95))) for t in lat]
+    """p50 and p95 in ms of `n` calls of each function, taking turns (`take_turns`)."""
+    lat = take_turns([lambda _, f=fn: f() for fn in fns], n)
+    return [(float(np.percentile(t, 50)) * 1e3, float(np.percentile(t, 95)) * 1e3)
+            for t in lat]
 
 
 def scale_rows(dim: int, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)) -> list[str]:

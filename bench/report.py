@@ -8,6 +8,8 @@ import os
 import platform
 import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,9 +28,26 @@ def machine() -> str:
             f"Python {platform.python_version()}{gpu}")
 
 
+def command_line(name: str) -> str:
+    """The command that is running `bench.{name}`, as a reader would type it."""
+    return "python -m " + " ".join([f"bench.{name}", *sys.argv[1:]])
+
+
+def take_turns(fns: list[Callable[[int], object]], n: int) -> list[list[float]]:
+    """Seconds of calls 0..n-1 of each function, the functions taking turns call by call,
+    so that drift on a shared VM falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(n):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn(i)
+            out.append(time.perf_counter() - start)
+    return times
+
+
 def update_section(name: str, title: str, body: str) -> None:
     """Replace (or append) the section `name` of BENCHMARKS.md."""
-    command = "python -m " + " ".join([f"bench.{name}", *sys.argv[1:]])
+    command = command_line(name)
     block = (f"<!-- bench:{name} -->\n## {title}\n\n`{command}`  \n"
              f"{machine()}; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
              f"{body.rstrip()}\n<!-- /bench:{name} -->")

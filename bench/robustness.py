@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from bench.accuracy import _share
-from bench.report import update_section
+from bench.report import command_line, update_section
 from landmark import plots
 from landmark.cli import add_data_arg
 from landmark.data import scan_split, stratified_split
@@ -145,9 +144,10 @@ def main() -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     plots.robustness_png(results, png, ACCEPTED_RIGHT_TARGET)
     if args.out:
-        command = "python -m bench.robustness " + " ".join(sys.argv[1:])
-        args.out.write_text("\n".join([f"`{command}`", "", *lines, "", f"![plot]({png.name})"]))
-        print(args.out.read_text())
+        table = "\n".join([f"`{command_line('robustness')}`", "", *lines, "",
+                           f"![plot]({png.name})"])
+        args.out.write_text(table)
+        print(table)
         return
     lines += ["", "![top-1 and accepted answers right, by degradation]"
                   "(bench/results/robustness.png)"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -64,9 +64,9 @@ def cached_features(backbone: nn.Module, data: CachedSplit, preset: Preset, view
         if cache_dir is None:
             out.append(extract(backbone, data, preset, view, desc=desc))
             continue
-        # the eval views (0, 1) do not depend on the augmentation settings
-        shape = preset if view >= 2 else replace(preset, min_scale=0.0, randaug_magnitude=0,
-                                                  degrade=0.0)
+        # the eval views (0, 1) depend only on the fields that compare (not augmentation)
+        shape = preset if view >= 2 else [getattr(preset, f.name) for f in fields(preset)
+                                          if f.compare]
         key = hashlib.sha1(f"{digest}{shape}{view}{data.paths}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"feat-{desc}-{key}.pt"
         if path.exists():
