@@ -23,7 +23,7 @@ import torch
 from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
 from landmark.data import scan_split
-from landmark.export import ExportError, export_model, wrap
+from landmark.export import ExportError, export_model, projection_of, wrap
 from landmark.models import create_model
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR, resolve
@@ -58,7 +58,8 @@ def eager_twin(path: Path) -> torch.nn.Module | None:
     except ExportError:
         return None
     meta = exp.metadata
-    return wrap(net, preset, meta["temperature"], meta["tta_flip"], meta["background_logit"])
+    return wrap(net, preset, meta["temperature"], meta["tta_flip"], meta["background_logit"],
+                projection_of(exp))
 
 
 def frozen_lite2_baseline(folder: Path) -> Path:

@@ -44,12 +44,17 @@ class ExportedClassifier(nn.Module):
     With `background` b, an implicit "none of these" logit joins the softmax and is then
     dropped (`calibrated_softmax`): the top probability then also falls when every logit
     is low (an energy score), which separates unknown places better, while the ranking of
-    classes stays the same. The embedding is the features' descriptor, L2-normalised."""
+    classes stays the same. The embedding is the features' descriptor, L2-normalised; with
+    a `projection` (D, K), the normalised descriptor times it, normalised again: a smaller
+    vector for every taught photo to store and search (train.reexport --project)."""
 
     def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
                  temperature: float = 1.0, flip: bool = False,
-                 background: float | None = None) -> None:
+                 background: float | None = None, projection: Tensor | None = None) -> None:
         super().__init__()
+        self.project = projection is not None
+        self.register_buffer("projection", projection.float() if projection is not None
+                             else torch.zeros(0, 0))
         self.pre = EvalPreprocess(preset)
         self.features, self.head = features, head
         self.temperature = float(temperature)
@@ -82,6 +87,8 @@ class ExportedClassifier(nn.Module):
 
     def _embed(self, views: list[tuple[Tensor, Tensor]]) -> Tensor:
         mean = views[0][1] if len(views) == 1 else 0.5 * (views[0][1] + views[1][1])
+        if self.project:
+            mean = F.normalize(mean, dim=1) @ self.projection
         return F.normalize(mean, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,10 +114,17 @@ class Exported:
 
 
 def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
-         background: float | None = None) -> ExportedClassifier:
+         background: float | None = None, projection: Tensor | None = None,
+         ) -> ExportedClassifier:
     """The eager wrapper around `net` (which offers `split_head()`)."""
     features, head = net.eval().cpu().split_head()
-    return ExportedClassifier(features, head, preset, temperature, flip, background).eval()
+    return ExportedClassifier(features, head, preset, temperature, flip, background,
+                              projection).eval()
+
+
+def projection_of(exp: Exported) -> Tensor | None:
+    """A loaded file's embedding projection, to export its network again with it."""
+    return exp.module.projection if getattr(exp.module, "project", False) else None
 
 
 def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
@@ -122,24 +136,26 @@ def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
         pooled, _ = features(example)
         head = torch.jit.trace(eager.head, pooled)
     background = eager.background if eager.use_background else None
+    projection = eager.projection if eager.project else None
     return torch.jit.script(ExportedClassifier(features, head, preset, eager.temperature,
-                                               eager.flip, background))
+                                               eager.flip, background, projection))
 
 
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
                  flip: bool = False, background: float | None = None, atol: float = 1e-4,
-                 freeze: bool = False) -> Path:
+                 freeze: bool = False, projection: Tensor | None = None) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
     eager wrapper and the reloaded file, whose probabilities and embeddings must agree to
     within `atol`. `freeze` inlines the weights as constants (`torch.jit.freeze`): about
     10% faster on a CPU, but the file no longer has weights to train or re-export from.
+    `projection` (D, K) maps the embedding to K dimensions (see ExportedClassifier).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    eager = wrap(net, preset, temperature, flip, background)
+    eager = wrap(net, preset, temperature, flip, background, projection)
     scripted = script(eager, preset)
     if freeze:
         scripted = torch.jit.freeze(scripted.eval(), preserved_attrs=list(METHODS))
@@ -147,7 +163,8 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
         dim = eager.embed(samples[0][None]).shape[1]
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
             "tta_flip": flip, "background_logit": background, "num_classes": len(classes),
-            "embedding_dim": dim, "embedding": eager.features.kind, "frozen": freeze}
+            "embedding_dim": dim, "frozen": freeze, "embedding": eager.features.kind + (
+                f", projected to {dim} dimensions" if projection is not None else "")}
     tmp = path.with_name(f".{path.name}.tmp")
     _save(scripted, tmp, classes, meta)
     loaded = load_exported(tmp)

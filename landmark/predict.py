@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import fields
 from pathlib import Path
 from typing import BinaryIO
 
@@ -59,8 +60,8 @@ class Predictor:
         self.decode_side = 2 * int(preset.get("resize_size", 256))
         self.reject_threshold = float(self.metadata.get("reject_threshold", 0.0))
         chosen = self.metadata.get("places", {})
-        self.calibration = Calibration(**{k: chosen[k] for k in ("scale", "shift", "threshold")
-                                          if k in chosen})
+        self.calibration = Calibration(**{f.name: chosen[f.name] for f in fields(Calibration)
+                                          if f.name in chosen})
         self._taught: OrderedDict[Path, tuple[tuple, PlaceIndex]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -127,7 +128,7 @@ class Predictor:
             place = index.places[int(owner[0])]
             conf = float(self.calibration.confidence(sim)[0])
         wins, named = decide(preds[0]["confidence"], conf, self.reject_threshold,
-                             self.calibration.threshold)
+                             self.calibration)
         if place is None:
             return preds, None, bool(named)
         hit = {"class": None, "landmark": place.name, "confidence": round(conf, 4),

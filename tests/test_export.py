@@ -195,3 +195,43 @@ def test_files_written_before_the_descriptor_rebuild_with_their_probabilities() 
         logits = net(EvalPreprocess(preset)(x))
         want = calibrated_softmax(logits, meta["temperature"], meta["background_logit"])
         assert torch.allclose(exp.module(x), want, atol=1e-5)
+
+
+def test_a_projected_embedding_is_smaller_and_leaves_probabilities_alone(
+        exported: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    """With a projection P, embed is normalise(normalise(descriptor) @ P): the stored
+    vectors shrink; the probabilities are the unprojected file's."""
+    path, net = exported
+    plain = load_exported(path)
+    x = _photo(2)[None]
+    dim = plain.metadata["embedding_dim"]
+    basis = torch.linalg.qr(torch.randn(dim, 8, generator=torch.Generator().manual_seed(0)))[0]
+    small = load_exported(export_model(net, net.preset, CLASSES, {}, tmp_path / "p.pt",
+                                       [_photo(0)], flip=True, projection=basis))
+    with torch.no_grad():
+        probs, emb = small.module.probs_and_embedding(x)
+        want_probs, full = plain.module.probs_and_embedding(x)
+    assert small.metadata["embedding_dim"] == 8 and emb.shape == (1, 8)
+    assert "projected to 8 dimensions" in small.metadata["embedding"]
+    assert torch.allclose(emb, F.normalize(full @ basis, dim=1), atol=1e-5)
+    assert torch.allclose(probs, want_probs, atol=1e-6)
+
+
+def test_reexport_projects_on_photos_and_keeps_the_projection(tiny_model: Path,
+                                                               tiny_data: Path,
+                                                               tmp_path: Path) -> None:
+    from train.reexport import main as reexport
+    out, again = tmp_path / "p.pt", tmp_path / "again.pt"
+    assert reexport([str(tiny_model), "--out", str(out), "--project", "6", "--photos",
+                     str(tiny_data / "train")]) == 0
+    before, after = load_exported(tiny_model), load_exported(out)
+    x = _photo(3)[None]
+    with torch.no_grad():
+        assert torch.allclose(after.module(x), before.module(x), atol=1e-6)
+        assert after.module.embed(x).shape == (1, 6)
+    assert reexport([str(out), "--out", str(again)]) == 0  # no --project: keeps it
+    assert load_exported(again).metadata["embedding_dim"] == 6
+    # more dimensions than photos to fit them on is one clear error
+    assert reexport([str(tiny_model), "--out", str(tmp_path / "x.pt"), "--project", "99",
+                     "--photos", str(tiny_data / "train")]) == 1
+    assert not (tmp_path / "x.pt").exists()

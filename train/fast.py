@@ -26,7 +26,7 @@ from pathlib import Path
 from landmark.cli import add_data_arg
 from landmark.data import DatasetError
 from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.export import ExportError, export_model
+from landmark.export import ExportError, export_model, projection_of
 from landmark.presets import Preset
 from train.assess import assess
 from train.reexport import rebuild
@@ -73,7 +73,7 @@ def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
     export_model(net, small, exp.classes, meta, args.out, samples,
                  temperature=settings.temperature, background=settings.background,
-                 freeze=True)
+                 freeze=True, projection=projection_of(exp))
     write_report(report, [], exp.classes, args.out)
     return args.out, report
 

@@ -1,7 +1,8 @@
 """Choose how taught places compete with a model's classes, on places it never saw.
 
     python -m train.places models/transfer.pt --places ../shared/data/new_places \
-        --data ../shared/data/landmark_images [--write]
+        --data ../shared/data/landmark_images \
+        [--known-extra ../shared/data/landmark_extra] [--write]
 
 Protocol (fixed): in every place of --places (one folder a place, places.json beside),
 a seeded --shots photos are taught and the rest are queries. A query's similarity is its
@@ -11,10 +12,14 @@ cosine to the nearest taught photo (landmark.places.PlaceIndex, as served).
   then scored on the other half of the places and the held-out half of unknown/; the
   two halves swap and the scores pool. Unknown photos that places.json lists as showing
   a place (`also_in_unknown`) are left out: with every place taught they are not unknown.
+- The margin a place must beat the model's best class by is the smallest that lets
+  taught places take at most KNOWN_BUDGET of the known-landmark photos the model gets
+  right: the trainers' validation split of --data plus any --known-extra photos the
+  model never trained on, with every place taught. test/ is never used to choose.
 - The threshold maximises new-place queries named right + unknown photos rejected
   (shares), the rule the model's own threshold follows, under `decide`.
 - Open world: the model's 19 classes and all places together, on test/ as well.
---write stores the mapping fit on all places in the file's metadata["places"] (only the
+--write stores the rule fit on all places in the file's metadata["places"] (only the
 metadata is rewritten; the network is untouched).
 """
 
@@ -31,13 +36,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from landmark.data import scan_split, split_unknown
+from landmark.data import scan_split, split_unknown, stratified_split
+from landmark.data.datasets import VAL_FRACTION
 from landmark.data.imageio import load_image
 from landmark.data.layout import list_images
 from landmark.export import update_metadata
 from landmark.metrics import wilson_interval
 from landmark.places import Calibration, PlaceIndex, decide
 from landmark.predict import Predictor
+
+# The share of rightly classified known-landmark photos taught places may take: the
+# 0.5-point test/ drop allowed, held on photos other than test/.
+KNOWN_BUDGET = 0.005
+MARGINS = np.round(np.arange(0.0, 0.5001, 0.025), 3)
 
 
 @dataclass
@@ -128,34 +139,47 @@ class Scene:
     q_right: np.ndarray
     u_conf: np.ndarray
     u_sim: np.ndarray
+    k_conf: np.ndarray
+    k_sim: np.ndarray
+    k_right: np.ndarray
 
     def scores(self, cal: Calibration, class_threshold: float) -> tuple[float, float]:
         """(share of queries named right, share of unknown photos rejected)."""
         q_wins, q_named = decide(self.q_conf, cal.confidence(self.q_sim), class_threshold,
-                                 cal.threshold)
-        _, u_named = decide(self.u_conf, cal.confidence(self.u_sim), class_threshold,
-                            cal.threshold)
+                                 cal)
+        _, u_named = decide(self.u_conf, cal.confidence(self.u_sim), class_threshold, cal)
         return float((q_wins & q_named & self.q_right).mean()), float((~u_named).mean())
+
+    def known_taken(self, cal: Calibration, class_threshold: float) -> float:
+        """The share of known-landmark photos the model gets right that a place takes."""
+        wins, _ = decide(self.k_conf, cal.confidence(self.k_sim), class_threshold, cal)
+        return float((wins & self.k_right).mean()) if len(self.k_right) else 0.0
 
 
 def choose(scene: Scene, class_threshold: float) -> Calibration:
-    """The mapping fit on the scene's queries, and the threshold maximising queries named
+    """The mapping fit on the scene's queries; the smallest margin keeping taught places
+    off all but KNOWN_BUDGET of the known photos; the threshold maximising queries named
     right + unknown rejected."""
     scale, shift = fit_mapping(np.concatenate([scene.q_sim, scene.u_sim]),
                                np.concatenate([scene.q_right, np.zeros(len(scene.u_sim))]))
-    best = max(np.linspace(0.05, 0.99, 189),
-               key=lambda t: sum(scene.scores(Calibration(scale, shift, t), class_threshold)))
-    return Calibration(round(scale, 4), round(shift, 4), round(float(best), 4))
+    margin = next((float(m) for m in MARGINS if scene.known_taken(
+        Calibration(scale, shift, margin=m), class_threshold) <= KNOWN_BUDGET), MARGINS[-1])
+    best = max(np.linspace(0.05, 0.99, 189), key=lambda t: sum(
+        scene.scores(Calibration(scale, shift, t, margin), class_threshold)))
+    return Calibration(round(scale, 4), round(shift, 4), round(float(best), 4), margin)
 
 
-def scene(places: Outputs, unknown: Outputs, keep: np.ndarray, k: int, seed: int) -> Scene:
-    """All places taught with k shots; queries of the places in `keep`; unknown photos."""
+def scene(places: Outputs, unknown: Outputs, known: Outputs, keep: np.ndarray, k: int,
+          seed: int) -> Scene:
+    """All places taught with k shots; queries of the places in `keep`; unknown photos;
+    photos of the model's own landmarks."""
     taught, queries = shots(places.labels, k, seed)
     queries = queries[np.isin(places.labels[queries], keep)]
     owner, sim = nearest(places, taught, places.emb[queries])
     _, u_sim = nearest(places, taught, unknown.emb)
+    _, k_sim = nearest(places, taught, known.emb)
     return Scene(places.conf[queries], sim, owner == places.labels[queries], unknown.conf,
-                 u_sim)
+                 u_sim, known.conf, k_sim, known.cls == known.labels)
 
 
 def subset(o: Outputs, idx: np.ndarray) -> Outputs:
@@ -163,8 +187,8 @@ def subset(o: Outputs, idx: np.ndarray) -> Outputs:
                    [o.files[i] for i in idx])
 
 
-def cross_fit(places: Outputs, unknown: Outputs, tune: np.ndarray, hold: np.ndarray,
-              class_threshold: float, k: int, seed: int = 0) -> dict:
+def cross_fit(places: Outputs, unknown: Outputs, known: Outputs, tune: np.ndarray,
+              hold: np.ndarray, class_threshold: float, k: int, seed: int = 0) -> dict:
     """Two folds over places: choose on one half (+ unknown tuning photos), score on the
     other (+ held-out unknown photos); pooled counts."""
     order = torch.randperm(int(places.labels.max()) + 1,
@@ -173,8 +197,9 @@ def cross_fit(places: Outputs, unknown: Outputs, tune: np.ndarray, hold: np.ndar
     named = queries = rejected = scored = 0
     folds = []
     for fit_half, score_half in (halves, halves[::-1]):
-        cal = choose(scene(places, subset(unknown, tune), fit_half, k, seed), class_threshold)
-        held = scene(places, subset(unknown, hold), score_half, k, seed)
+        cal = choose(scene(places, subset(unknown, tune), known, fit_half, k, seed),
+                     class_threshold)
+        held = scene(places, subset(unknown, hold), known, score_half, k, seed)
         right, rej = held.scores(cal, class_threshold)
         named += right * len(held.q_sim)
         queries += len(held.q_sim)
@@ -188,13 +213,28 @@ def cross_fit(places: Outputs, unknown: Outputs, tune: np.ndarray, hold: np.ndar
             "folds": folds}
 
 
+def known_photos(predictor: Predictor, data: Path, extra: list[Path]) -> Outputs:
+    """Photos of the model's own landmarks it never trained on: the trainers' validation
+    split of `data`, plus the train/ photos of each `extra` root (Udacity layout). A root
+    the model trained on (its dataset or one of its --extra-train roots) is an error."""
+    trained = predictor.metadata.get("training_data", {})
+    seen = {Path(d).resolve() for d in [predictor.metadata.get("dataset", data),
+                                        *trained.get("extra_train", [])]}
+    for root in extra:
+        if root.resolve() in seen:
+            sys.exit(f"error: --known-extra {root}: {predictor.path} was trained on it")
+    splits = [stratified_split(scan_split(data, "train", predictor.classes), VAL_FRACTION)[1],
+              *(scan_split(root, "train", predictor.classes) for root in extra)]
+    return run_model(predictor, [f for s in splits for f in s.paths],
+                     [y for s in splits for y in s.labels], "known")
+
+
 def test_drop(predictor: Predictor, test: Outputs, places: Outputs, cal: Calibration,
               k: int, seed: int = 0) -> dict:
     """test/ top-1 without and with every place taught (a place that wins is wrong)."""
     taught, _ = shots(places.labels, k, seed)
     _, sim = nearest(places, taught, test.emb)
-    wins, _ = decide(test.conf, cal.confidence(sim), predictor.reject_threshold,
-                     cal.threshold)
+    wins, _ = decide(test.conf, cal.confidence(sim), predictor.reject_threshold, cal)
     right = test.cls == test.labels
     return {"photos": len(test.labels), "top1_without": float(right.mean()),
             "top1_with": float((right & ~wins).mean())}
@@ -207,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--places", type=Path, required=True, help="new_places-style folder")
     p.add_argument("--data", type=Path, required=True,
                    help="dataset root with test/ and unknown/")
+    p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
+                   help="more photos of the model's own landmarks, never trained on "
+                   "(ROOT/train/CLASS/*.jpg), to choose the margin with; repeatable")
     p.add_argument("--shots", type=int, default=5, help="photos taught a place (default 5)")
     p.add_argument("--write", action="store_true",
                    help="store the mapping in the model file's metadata")
@@ -221,21 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = run_model(predictor, unknown_files, [-1] * len(unknown_files), "unknown")
     tune = np.array([i for i in parts["tune"] if other[i]])
     hold = np.array([i for i in parts["hold"] if other[i]])
+    known = known_photos(predictor, args.data, args.known_extra)
     test = scan_split(args.data, "test", predictor.classes)
     test_out = run_model(predictor, test.paths, test.labels, "test")
     report = {"model": str(args.model), "places": len(names), "shots": args.shots,
-              "cross_fit": cross_fit(place_out, unknown, tune, hold,
+              "known_photos": len(known.labels),
+              "cross_fit": cross_fit(place_out, unknown, known, tune, hold,
                                      predictor.reject_threshold, args.shots)}
-    cal = choose(scene(place_out, subset(unknown, tune), np.arange(len(names)), args.shots, 0),
-                 predictor.reject_threshold)
+    chosen_scene = scene(place_out, subset(unknown, tune), known, np.arange(len(names)),
+                         args.shots, 0)
+    cal = choose(chosen_scene, predictor.reject_threshold)
     report["shipped"] = asdict(cal)
+    report["known_taken"] = chosen_scene.known_taken(cal, predictor.reject_threshold)
     report["test"] = test_drop(predictor, test_out, place_out, cal, args.shots)
     print(json.dumps(report, indent=2))
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
     if args.write:
         chosen = {**asdict(cal), "chosen_on": f"{args.places.name}: {len(names)} places, "
-                  f"{args.shots} shots, + tuning half of unknown/ (python -m train.places)"}
+                  f"{args.shots} shots, + tuning half of unknown/, + {len(known.labels)} "
+                  "known-landmark photos (python -m train.places)"}
         update_metadata(args.model, {"places": chosen, "places_command": shlex.join(
             ["python", "-m", "train.places", *(argv or sys.argv[1:])])})
         print(f"wrote metadata['places'] into {args.model}")

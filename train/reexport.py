@@ -3,10 +3,17 @@
     python -m train.reexport models/transfer.pt                  # in place
     python -m train.reexport models/scratch.pt --out /tmp/s.pt
     python -m train.reexport models/transfer.pt --backbone-out runs/backbone.pth
+    python -m train.reexport models/transfer.pt --project 512 \
+        --photos ../shared/data/landmark_images/train ../shared/data/landmark_extra/train
 
 `--backbone-out` writes the file's backbone weights instead, for `train.transfer
 --weights`: a new head trained on a backbone fine-tuned before (on a CPU, on cached
 features).
+
+`--project K` gives `embed` a K-dimensional output: the leading K principal directions
+(uncentred) of the file's embeddings of `--photos`, photos of the model's own landmarks.
+Stored vectors and searches shrink by D/K; the probabilities do not change. A file
+exported again keeps its projection.
 
 Files written before the contract had `embed` gain it: the network is rebuilt from the
 registry (`metadata["architecture"]`), loaded with the file's weights and exported with
@@ -22,9 +29,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from tqdm import tqdm
 
-from landmark.export import Exported, ExportError, export_model, load_exported
+from landmark.data.imageio import load_image, to_tensor
+from landmark.data.layout import list_images
+from landmark.export import Exported, ExportError, export_model, load_exported, projection_of, wrap
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
 from landmark.presets import Preset
@@ -52,8 +62,25 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
     return net, preset, exp
 
 
-def reexport(path: Path, out: Path, command: str) -> Path:
-    """Write `path`'s model to `out` under the current contract (see the module doc)."""
+def fit_projection(path: Path, photos: list[Path], k: int) -> Tensor:
+    """(D, k): the leading k right singular vectors of the file's unprojected embeddings
+    of `photos`, decoded as the app decodes them."""
+    net, preset, exp = rebuild(path)
+    eager = wrap(net, preset, flip=exp.metadata["tta_flip"])
+    side = 2 * preset.resize_size
+    with torch.no_grad():
+        emb = torch.cat([eager.embed(to_tensor(load_image(f, max_side=side))[None].float()
+                                     / 255.0) for f in tqdm(photos, desc="embed", unit="photo")])
+    if k >= emb.shape[1] or k > len(photos):
+        raise ExportError(f"--project {k}: needs fewer dimensions than the embedding's "
+                          f"{emb.shape[1]} and no more than the {len(photos)} photos")
+    return torch.linalg.svd(emb, full_matrices=False).Vh[:k].T.contiguous()
+
+
+def reexport(path: Path, out: Path, command: str, projection: Tensor | None = None,
+             ) -> Path:
+    """Write `path`'s model to `out` under the current contract (see the module doc),
+    with `projection` if given, else the file's own."""
     net, preset, exp = rebuild(path)
     meta = exp.metadata
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +90,8 @@ def reexport(path: Path, out: Path, command: str) -> Path:
                                                         "embedding_dim")}
     return export_model(net, preset, exp.classes, {**keep, "reexport_command": command}, out,
                         samples, temperature=meta["temperature"], flip=meta["tta_flip"],
-                        background=meta["background_logit"])
+                        background=meta["background_logit"],
+                        projection=projection if projection is not None else projection_of(exp))
 
 
 def save_backbone(path: Path, out: Path) -> Path:
@@ -85,13 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone-out", type=Path, default=None, metavar="FILE.pth",
                    help="write the backbone's weights here instead (for train.transfer "
                         "--weights)")
+    p.add_argument("--project", type=int, default=None, metavar="K",
+                   help="project the embedding to K dimensions, fitted on --photos")
+    p.add_argument("--photos", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="folders of photos of the model's own landmarks (never photos of "
+                        "places to be taught) to fit --project on")
     args = p.parse_args(argv)
+    if args.project is not None and not args.photos:
+        p.error("--project needs --photos")
     command = shlex.join(["python", "-m", "train.reexport", *(argv or sys.argv[1:])])
     try:
         if args.backbone_out:
             out = save_backbone(args.model, args.backbone_out)
         else:
-            out = reexport(args.model, args.out or args.model, command)
+            projection = None if args.project is None else fit_projection(
+                args.model, [f for d in args.photos for f in list_images(d)], args.project)
+            out = reexport(args.model, args.out or args.model, command, projection)
     except (OSError, RuntimeError, KeyError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
         return 1

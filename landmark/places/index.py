@@ -44,14 +44,17 @@ def model_key(path: Path) -> str:
 @dataclass(frozen=True)
 class Calibration:
     """similarity -> confidence: sigmoid(scale * (similarity - shift)); a place is named
-    when that confidence reaches `threshold`. Chosen by `python -m train.places`."""
+    when that confidence reaches `threshold`, and beats the model's best class only by
+    more than `margin`, so photos of the model's own landmarks stay with their classes.
+    Chosen by `python -m train.places`."""
 
     scale: float = 20.0
     shift: float = 0.75
     threshold: float = 0.5
+    margin: float = 0.0
 
     def confidence(self, similarity: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.scale * (similarity - self.shift)))
+        return 0.5 + 0.5 * np.tanh(0.5 * self.scale * (similarity - self.shift))  # sigmoid
 
 
 class PlaceIndex:
@@ -85,11 +88,12 @@ class PlaceIndex:
 
 
 def decide(class_conf: np.ndarray | float, place_conf: np.ndarray | float,
-           class_threshold: float, place_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The rule every tagging path uses: the more confident of the model's best class and
-    the best taught place wins (a tie goes to the class), and it is named when its
-    confidence reaches its own threshold. Returns (place wins, named), element-wise."""
-    place_wins = np.asarray(place_conf) > np.asarray(class_conf)
-    named = np.where(place_wins, np.asarray(place_conf) >= place_threshold,
+           class_threshold: float, cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """The rule every tagging path uses: the best taught place wins when its confidence
+    beats the model's best class by more than `cal.margin`, else the class does; the
+    winner is named when its confidence reaches its own threshold. Returns (place wins,
+    named), element-wise."""
+    place_wins = np.asarray(place_conf) > np.asarray(class_conf) + cal.margin
+    named = np.where(place_wins, np.asarray(place_conf) >= cal.threshold,
                      np.asarray(class_conf) >= class_threshold)
     return place_wins, named
