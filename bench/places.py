@@ -5,7 +5,8 @@
         [--models transfer scratch]
 
 - Accuracy: among the 58 places of --places, for 1, 3, 5 and 10 taught photos a place
-  (seeded; the rest queried), top-1 of the nearest taught photo; a PNG beside.
+  (seeded; the rest queried), top-1 of the best-scoring place (`PlaceIndex.best`); a
+  PNG beside.
 - Open world: the protocol of `python -m train.places` (two folds over places), and
   test/ top-1 with every place taught under the rule stored in the model file.
 - Adding a place of 10 photos through `landmark.places.teach`, and tagging latency with
@@ -129,7 +130,7 @@ def main() -> None:
     hold = np.array([i for i in parts["hold"] if other[i]])
     lines = [f"{len(names)} places, {len(files)} photos (`{args.places}`); unknown photos of "
              f"places not taught: {len(tune)} tuning, {len(hold)} held out. Accuracy: top-1 "
-             "of the nearest taught photo among the places alone.", "",
+             "of the best-scoring place among the places alone (`PlaceIndex.best`).", "",
              "| model | " + " | ".join(f"{k} shot{'s' * (k > 1)}" for k in SHOTS) + " |",
              "|---|" + "---|" * len(SHOTS)]
     curves, worlds, speed = {}, [], []

@@ -154,6 +154,21 @@ def test_hnsw_past_the_exact_size_finds_the_same_neighbours(monkeypatch: pytest.
     assert same > 0.98
 
 
+def test_a_place_scores_by_its_nearest_photo_and_its_prototype() -> None:
+    """Place A has the single nearest photo but points elsewhere on average; place B's
+    photos all sit near the query: B wins, scored (nearest + prototype cosine) / 2."""
+    r = np.sqrt
+    a = [[0.9, r(1 - 0.81), 0], [-0.5, 0, r(0.75)], [-0.5, 0, -r(0.75)]]
+    b = [[0.85, r(1 - 0.85**2), 0], [0.85, -r(1 - 0.85**2), 0]]
+    index = PlaceIndex(np.array(a + b, np.float32), np.array([0, 0, 0, 1, 1]), [])
+    owner, score = index.best(np.array([[1.0, 0, 0]]))
+    assert owner.tolist() == [1] and score[0] == pytest.approx((0.85 + 1.0) / 2)
+    # alone, A's nearest photo and its own prototype give A the query
+    alone = PlaceIndex(np.array(a, np.float32), np.zeros(3, int), [])
+    proto = np.sum(a, 0) / np.linalg.norm(np.sum(a, 0))
+    assert alone.best(np.array([[1.0, 0, 0]]))[1][0] == pytest.approx((0.9 + proto[0]) / 2)
+
+
 def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "landmark.places", "--store", str(store),
                            "--model", "transfer", *args], cwd=REPO, capture_output=True,

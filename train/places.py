@@ -6,7 +6,8 @@
 
 Protocol (fixed): in every place of --places (one folder a place, places.json beside),
 a seeded --shots photos are taught and the rest are queries. A query's similarity is its
-cosine to the nearest taught photo (landmark.places.PlaceIndex, as served).
+best place's score, as served (landmark.places.PlaceIndex.best: the mean of the cosines
+to the place's nearest taught photo and to its prototype).
 - The mapping similarity -> confidence (a logistic fit: is the nearest place right?) and
   the place threshold are chosen on half the places and the tuning half of unknown/,
   then scored on the other half of the places and the held-out half of unknown/; the
@@ -45,9 +46,10 @@ from landmark.metrics import wilson_interval
 from landmark.places import Calibration, PlaceIndex, decide
 from landmark.predict import Predictor
 
-# The share of rightly classified known-landmark photos taught places may take: the
-# 0.5-point test/ drop allowed, held on photos other than test/.
-KNOWN_BUDGET = 0.005
+# The share of rightly classified known-landmark photos taught places may take: half the
+# 0.5-point test/ drop allowed, as the share is measured on other photos (and test/ has
+# 536: one photo is 0.19 point).
+KNOWN_BUDGET = 0.0025
 MARGINS = np.round(np.arange(0.0, 0.5001, 0.025), 3)
 
 
@@ -106,7 +108,7 @@ def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def nearest(places: Outputs, taught: np.ndarray, queries: np.ndarray,
             ) -> tuple[np.ndarray, np.ndarray]:
-    """(place, similarity) of each query's nearest taught photo, via the served index."""
+    """(place, similarity) of each query's best place, via the served index."""
     index = PlaceIndex(places.emb[taught], places.labels[taught], [])
     return index.best(queries)
 

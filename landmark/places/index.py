@@ -17,6 +17,7 @@ from landmark.places.store import Place
 # Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
 # takes ~0.3 ms at 1e3 and 40-80 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4-8 ms.
 EXACT_MAX = 10_000
+NEIGHBOURS = 32  # taught photos a query looks at; the places among them compete
 
 
 @contextmanager
@@ -58,9 +59,11 @@ class Calibration:
 
 
 class PlaceIndex:
-    """Every taught photo's embedding in a FAISS index: an exact inner-product index up
-    to EXACT_MAX vectors, HNSW beyond. `best` gives each query's best place by its
-    nearest taught photo."""
+    """Every taught photo's embedding in a FAISS index (exact inner product up to
+    EXACT_MAX vectors, HNSW beyond), and each place's prototype: the normalised mean of
+    its photos. `best` scores the places among a query's NEIGHBOURS nearest taught photos
+    by the mean of two cosines, to the place's nearest photo and to its prototype (on
+    new_places, 5 shots: top-1 0.662 by the nearest photo alone, 0.698 with both)."""
 
     def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place]) -> None:
         self.places, self.owners = places, owners
@@ -70,21 +73,36 @@ class PlaceIndex:
             self.index.hnsw.efSearch = 64
         else:
             self.index = faiss.IndexFlatIP(d)
+        self.prototypes = np.zeros((int(owners.max()) + 1 if len(owners) else 0, d),
+                                   np.float32)
         if len(vectors):
             self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            np.add.at(self.prototypes, owners, vectors)
+            self.prototypes /= np.maximum(
+                np.linalg.norm(self.prototypes, axis=1, keepdims=True), 1e-12)
 
     def __len__(self) -> int:
         return self.index.ntotal
 
     def best(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(place index, cosine similarity) of each query's nearest taught photo; -1 and
-        -inf when nothing is taught."""
+        """(place index, similarity) of each query's best place; -1 and -inf when nothing
+        is taught."""
         n = len(queries)
         if not len(self):
             return np.full(n, -1), np.full(n, -np.inf, dtype=np.float32)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         with one_thread():
-            sims, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
-        return self.owners[ids[:, 0]], sims[:, 0]
+            sims, ids = self.index.search(queries, min(NEIGHBOURS, len(self)))
+        owner, score = np.full(n, -1), np.full(n, -np.inf, dtype=np.float32)
+        for i in range(n):
+            found = ids[i] >= 0
+            near = dict(zip(self.owners[ids[i][found]][::-1].tolist(),
+                            sims[i][found][::-1].tolist(), strict=True))  # nearest kept
+            cands = np.fromiter(near, int)
+            both = 0.5 * (np.fromiter(near.values(), np.float32)
+                          + self.prototypes[cands] @ queries[i])
+            owner[i], score[i] = cands[both.argmax()], both.max()
+        return owner, score
 
 
 def decide(class_conf: np.ndarray | float, place_conf: np.ndarray | float,
