@@ -28,8 +28,7 @@ from bench.accuracy import _share
 from bench.report import command_line, update_section
 from landmark import plots
 from landmark.cli import add_data_arg
-from landmark.data import scan_split, stratified_split
-from landmark.data.datasets import VAL_FRACTION
+from landmark.data import default_val_split, scan_split
 from landmark.data.imageio import load_image, to_tensor
 from landmark.export import load_exported
 from landmark.resolve import resolve
@@ -121,10 +120,8 @@ def main() -> None:
                    help="write the table (and its plot beside it) here instead of "
                         "BENCHMARKS.md, to compare candidate models")
     args = p.parse_args()
-    if args.split == "val":
-        split = stratified_split(scan_split(args.data, "train"), VAL_FRACTION)[1]
-    else:
-        split = scan_split(args.data, "test")
+    split = (default_val_split(args.data) if args.split == "val"
+             else scan_split(args.data, "test"))
     photos, labels = split.paths[: args.photos], torch.as_tensor(split.labels[: args.photos])
     results = {Path(m).stem: measure(resolve(m), photos, labels) for m in args.models}
     lines = [f"{len(photos)} {args.split} photos, each degraded one way; each model at its own "

@@ -111,7 +111,7 @@ class Predictor:
         path = store.vectors_file(place, key)
         if path.exists():
             return np.load(path)
-        images = [load_image(p, max_side=self.decode_side) for p in store.photo_files(place)]
+        images = [self.load(p) for p in store.photo_files(place)]
         vectors = self.run(images)[1].numpy()
         store.save_vectors(place, key, vectors)
         return vectors

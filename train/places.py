@@ -37,9 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from landmark.data import scan_split, split_unknown, stratified_split
-from landmark.data.datasets import VAL_FRACTION
-from landmark.data.imageio import load_image
+from landmark.data import default_val_split, scan_split, split_unknown
 from landmark.data.layout import list_images
 from landmark.export import update_metadata
 from landmark.metrics import wilson_interval
@@ -70,7 +68,7 @@ def run_model(predictor: Predictor, files: list[Path], labels: list[int],
     """Probabilities and embeddings of every photo, decoded as the app decodes them."""
     conf, cls, emb = [], [], []
     for f in tqdm(files, desc=desc, unit="photo"):
-        probs, e = predictor.run([load_image(f, max_side=predictor.decode_side)])
+        probs, e = predictor.run([predictor.load(f)])
         top = probs[0].max(0)
         conf.append(top.values.item())
         cls.append(top.indices.item())
@@ -225,7 +223,7 @@ def known_photos(predictor: Predictor, data: Path, extra: list[Path]) -> Outputs
     for root in extra:
         if root.resolve() in seen:
             sys.exit(f"error: --known-extra {root}: {predictor.path} was trained on it")
-    splits = [stratified_split(scan_split(data, "train", predictor.classes), VAL_FRACTION)[1],
+    splits = [default_val_split(data, predictor.classes),
               *(scan_split(root, "train", predictor.classes) for root in extra)]
     return run_model(predictor, [f for s in splits for f in s.paths],
                      [y for s in splits for y in s.labels], "known")

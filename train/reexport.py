@@ -32,11 +32,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from landmark.data.imageio import load_image, to_tensor
+from landmark.data.imageio import to_tensor
 from landmark.data.layout import list_images
 from landmark.export import Exported, ExportError, export_model, load_exported, projection_of, wrap
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
+from landmark.predict import Predictor
 from landmark.presets import Preset
 
 
@@ -67,10 +68,10 @@ def fit_projection(path: Path, photos: list[Path], k: int) -> Tensor:
     of `photos`, decoded as the app decodes them."""
     net, preset, exp = rebuild(path)
     eager = wrap(net, preset, flip=exp.metadata["tta_flip"])
-    side = 2 * preset.resize_size
+    load = Predictor(path).load
     with torch.no_grad():
-        emb = torch.cat([eager.embed(to_tensor(load_image(f, max_side=side))[None].float()
-                                     / 255.0) for f in tqdm(photos, desc="embed", unit="photo")])
+        emb = torch.cat([eager.embed(to_tensor(load(f))[None].float() / 255.0)
+                         for f in tqdm(photos, desc="embed", unit="photo")])
     if k >= emb.shape[1] or k > len(photos):
         raise ExportError(f"--project {k}: needs fewer dimensions than the embedding's "
                           f"{emb.shape[1]} and no more than the {len(photos)} photos")

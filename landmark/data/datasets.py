@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from landmark.data.layout import Split
+from landmark.data.layout import Split, scan_split
 
 VAL_FRACTION = 0.1  # the trainers' default share of each class held out
 
@@ -40,6 +41,12 @@ def stratified_split(split: Split, val_fraction: float, seed: int = 0,
         return Split([split.paths[i] for i in ids], [split.labels[i] for i in ids], split.classes)
 
     return pick(train_idx), pick(val_idx)
+
+
+def default_val_split(root: Path, classes: list[str] | None = None) -> Split:
+    """The validation photos a trainer with its default --val-fraction and --seed holds
+    out of ROOT/train/: photos a model chooses on but never trained on."""
+    return stratified_split(scan_split(root, "train", classes), VAL_FRACTION)[1]
 
 
 def split_unknown(n: int, exposure: bool = False, seed: int = 0) -> dict[str, list[int]]:
