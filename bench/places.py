@@ -48,8 +48,8 @@ def shots_curve(out: protocol.Outputs) -> dict[int, tuple[float, int]]:
     curve = {}
     for k in SHOTS:
         taught, queries = protocol.shots(out.labels, k)
-        owner, _ = protocol.nearest(out, taught, out.emb[queries])
-        curve[k] = (float((owner == out.labels[queries]).mean()), len(queries))
+        found = protocol.nearest(out, taught, out.emb[queries]).place
+        curve[k] = (float((found == out.labels[queries]).mean()), len(queries))
     return curve
 
 

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     workers: int = -1  # -1: auto (see resolve_workers)
+    augment_on: str = "auto"  # auto | loader | device: where photos are augmented
     seed: int = 0
 
 
@@ -151,6 +153,7 @@ class Trainer:
         mix = [t(num_classes=num_classes, alpha=a) for t, a in
                ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix)) if a > 0]
         self.mix = v2.RandomChoice(mix) if mix else None
+        self.augment: Callable[[Tensor], Tensor] | None = None
         self.history: list[dict] = []
         self.best = {"val_top1": -1.0, "val_loss": float("inf"), "epoch": 0}
 
@@ -171,8 +174,20 @@ class Trainer:
                           worker_init_fn=_worker_init if workers else None)
 
     # -- loop ---------------------------------------------------------------------------
-    def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False) -> list[dict]:
-        """Train up to cfg.epochs, stopping early after cfg.patience epochs without gain."""
+    def augments_on_device(self) -> bool:
+        """Whether photos should be augmented on the training device, batch by batch, rather
+        than in the DataLoader: on a GPU by default, whose box's CPU cores cannot keep up
+        (bench/results/gpu_session.md, third session)."""
+        if self.cfg.augment_on not in ("auto", "loader", "device"):
+            raise ValueError(f"augment_on {self.cfg.augment_on!r}: choose auto, loader or device")
+        return self.cfg.augment_on == "device" or (self.cfg.augment_on == "auto"
+                                                   and self.device.type == "cuda")
+
+    def fit(self, train_ds: Dataset, val_ds: Dataset, resume: bool = False,
+            augment: Callable[[Tensor], Tensor] | None = None) -> list[dict]:
+        """Train up to cfg.epochs, stopping early after cfg.patience epochs without gain.
+        `augment`, when given, turns each training photo into its view on the device."""
+        self.augment = augment
         seed_everything(self.cfg.seed + self.rank)
         if self.cfg.balance not in ("none", "sampler", "loss"):
             raise ValueError(f"balance {self.cfg.balance!r}: choose none, sampler or loss")
@@ -209,6 +224,8 @@ class Trainer:
                    disable=_quiet(), unit="batch")
         for x, y in bar:
             x = x.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                x = torch.stack([self.augment(img) for img in x])
             if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(self.device, non_blocking=True)

@@ -124,9 +124,9 @@ class Predictor:
         index = self.taught(places) if places is not None and embedding is not None else None
         place, conf = None, -1.0
         if index is not None and len(index):
-            owner, sim = index.best(embedding.numpy()[None])
-            place = index.places[int(owner[0])]
-            conf = float(self.calibration.confidence(sim)[0])
+            match = index.best(embedding.numpy()[None])
+            place = index.places[int(match.place[0])]
+            conf = float(self.calibration.confidence(match.score, match.runner_up)[0])
         wins, named = decide(preds[0]["confidence"], conf, self.reject_threshold,
                              self.calibration)
         if place is None:

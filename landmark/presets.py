@@ -107,7 +107,8 @@ class SensorNoise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         s = 255.0 * float(torch.empty(()).uniform_(*self.sigma))
-        return (x.float() + s * torch.randn(x.shape)).round().clamp(0, 255).to(torch.uint8)
+        noisy = x.float() + s * torch.randn(x.shape, device=x.device)
+        return noisy.round().clamp(0, 255).to(torch.uint8)
 
 
 def degradations(p: float) -> nn.Module:

@@ -7,14 +7,16 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from landmark.places import Calibration, decide
+from landmark.places import Calibration, Match, decide
 from landmark.predict import Predictor
 from tests.conftest import REPO, SHARED
-from train.places import KNOWN_BUDGET, MARGINS, Scene, choose
+from train.places import BACKGROUND_QUANTILE, KNOWN_BUDGET, MARGINS, Scene, choose, fit_mapping
 
 NEW_PLACES = SHARED.parent / "new_places"
 
@@ -28,15 +30,42 @@ def test_a_place_must_beat_the_class_by_the_margin() -> None:
     assert named.tolist() == [True, True, False, False]
 
 
+def _match(score: np.ndarray, gen: np.random.Generator) -> Match:
+    return Match(np.zeros(len(score), int), score, score - gen.uniform(0.0, 0.2, len(score)))
+
+
 def _scene(known_sim: float, n_known: int = 400) -> Scene:
     """Queries whose nearest place is right above similarity 0.8, unknown photos below
     0.7, and known photos the model gets right with class confidence 0.6."""
     gen = np.random.default_rng(0)
     q_sim = gen.uniform(0.6, 1.0, 300)
-    return Scene(q_conf=np.full(300, 0.2), q_sim=q_sim, q_right=q_sim > 0.8,
-                 u_conf=np.full(200, 0.2), u_sim=gen.uniform(0.4, 0.7, 200),
-                 k_conf=np.full(n_known, 0.6), k_sim=np.full(n_known, known_sim),
+    return Scene(q_conf=np.full(300, 0.2), q_match=_match(q_sim, gen), q_right=q_sim > 0.8,
+                 u_conf=np.full(200, 0.2), u_match=_match(gen.uniform(0.4, 0.7, 200), gen),
+                 k_conf=np.full(n_known, 0.6),
+                 k_match=_match(np.full(n_known, known_sim), gen),
                  k_right=np.ones(n_known, bool))
+
+
+def test_a_place_far_ahead_of_the_runner_up_is_more_confident() -> None:
+    cal = Calibration(scale=20.0, shift=0.75, gap_weight=30.0, background=0.7)
+    score = np.full(3, 0.8)
+    close, far, alone = cal.confidence(score, np.array([0.78, 0.6, -np.inf]))
+    assert close < far
+    # one place taught: no runner-up, so the background stands in for it
+    assert alone == cal.confidence(np.array([0.8]), np.array([0.7]))[0]
+    plain = Calibration(scale=20.0, shift=0.75)
+    assert plain.confidence(score, np.full(3, 0.79)) == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
+def test_the_fit_weighs_the_gap_when_rightness_follows_it() -> None:
+    gen = np.random.default_rng(0)
+    score = gen.uniform(0.6, 0.9, 2000)
+    runner_up = score - gen.uniform(0.0, 0.2, 2000)
+    right = (score - runner_up) > 0.08  # the similarity alone says nothing
+    cal = fit_mapping(score, runner_up, right)
+    assert cal.gap_weight > 10 * abs(cal.scale)
+    assert cal.background == pytest.approx(np.quantile(runner_up, BACKGROUND_QUANTILE),
+                                           abs=1e-4)
 
 
 def test_the_margin_is_the_smallest_that_keeps_known_photos_with_their_classes() -> None:
@@ -45,7 +74,7 @@ def test_the_margin_is_the_smallest_that_keeps_known_photos_with_their_classes()
     assert cal.margin > 0
     assert scene.known_taken(cal, 0.5) <= KNOWN_BUDGET
     smaller = MARGINS[cal.margin > MARGINS].max()
-    tighter = Calibration(cal.scale, cal.shift, cal.threshold, float(smaller))
+    tighter = replace(cal, margin=float(smaller))
     assert scene.known_taken(tighter, 0.5) > KNOWN_BUDGET
     # the queries still reach their places
     right, rejected = scene.scores(cal, 0.5)

@@ -150,7 +150,7 @@ def test_hnsw_past_the_exact_size_finds_the_same_neighbours(monkeypatch: pytest.
     monkeypatch.setattr(place_index, "EXACT_MAX", 1000)
     approx = PlaceIndex(vectors, owners, [])
     assert "HNSW" in type(approx.index).__name__ and "Flat" in type(exact.index).__name__
-    same = (exact.best(queries)[0] == approx.best(queries)[0]).mean()
+    same = (exact.best(queries).place == approx.best(queries).place).mean()
     assert same > 0.98
 
 
@@ -161,12 +161,15 @@ def test_a_place_scores_by_its_nearest_photo_and_its_prototype() -> None:
     a = [[0.9, r(1 - 0.81), 0], [-0.5, 0, r(0.75)], [-0.5, 0, -r(0.75)]]
     b = [[0.85, r(1 - 0.85**2), 0], [0.85, -r(1 - 0.85**2), 0]]
     index = PlaceIndex(np.array(a + b, np.float32), np.array([0, 0, 0, 1, 1]), [])
-    owner, score = index.best(np.array([[1.0, 0, 0]]))
-    assert owner.tolist() == [1] and score[0] == pytest.approx((0.85 + 1.0) / 2)
-    # alone, A's nearest photo and its own prototype give A the query
-    alone = PlaceIndex(np.array(a, np.float32), np.zeros(3, int), [])
+    match = index.best(np.array([[1.0, 0, 0]]))
     proto = np.sum(a, 0) / np.linalg.norm(np.sum(a, 0))
-    assert alone.best(np.array([[1.0, 0, 0]]))[1][0] == pytest.approx((0.9 + proto[0]) / 2)
+    assert match.place.tolist() == [1] and match.score[0] == pytest.approx((0.85 + 1.0) / 2)
+    assert match.runner_up[0] == pytest.approx((0.9 + proto[0]) / 2)  # A, second
+    # alone, A's nearest photo and its own prototype give A the query, with no runner-up
+    alone = PlaceIndex(np.array(a, np.float32), np.zeros(3, int), []).best(
+        np.array([[1.0, 0, 0]]))
+    assert alone.score[0] == pytest.approx((0.9 + proto[0]) / 2)
+    assert alone.runner_up[0] == -np.inf
 
 
 def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:

@@ -264,11 +264,31 @@ def test_unknown_parts_keep_the_report_half_apart() -> None:
     assert split_unknown(30, exposure=True) == exposed  # seeded
 
 
+def test_outliers_leave_out_unknown_photos_of_places_to_be_taught(tmp_path: Path) -> None:
+    from landmark.data import split_unknown
+    from landmark.data.cache import CachedSplit
+    from train.runner import outlier_photos
+    paths = [f"/u/{i:02d}.jpg" for i in range(30)]
+    unknown = CachedSplit(torch.arange(30), torch.full((30,), -1), paths, ["a", "b"], [])
+    exposed = split_unknown(30, exposure=True)["train"]
+    shown = [paths[exposed[0]], paths[exposed[3]]]
+    places = tmp_path / "places"
+    places.mkdir()
+    (places / "places.json").write_text(json.dumps({
+        "Bridge": {"also_in_unknown": [Path(shown[0]).name]},
+        "Tower": {"also_in_unknown": [Path(shown[1]).name, "not_here.jpg"]}}))
+    kept = outlier_photos(unknown, [places])
+    assert kept.paths == [paths[i] for i in exposed if paths[i] not in shown]
+    assert kept.images.tolist() == [i for i in exposed if paths[i] not in shown]
+    assert outlier_photos(unknown, []).paths == [paths[i] for i in exposed]
+
+
 def test_cli_outlier_exposure_trains_on_unknown_and_reports_on_the_rest(
         tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "1",
                "--batch-size", "8", "--workers", "0", "--outlier-weight", "0.5",
+               "--augment-on", "device",  # outlier photos take the device path too
                "--output", str(out), "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((out / "scratch.report.json").read_text())
@@ -334,6 +354,31 @@ def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> Non
     share = (drawn == 1).float().mean().item()
     assert 0.4 < share < 0.6  # unbalanced, class 1 would be 10%
     assert torch.allclose(class_weights(labels, 2), torch.tensor([100 / 180, 100 / 20]))
+
+
+def test_photos_augmented_on_the_device_get_their_own_views(tmp_path: Path) -> None:
+    """--augment-on device: the DataLoader hands over uint8 photos and every photo of a
+    batch gets its own random view on the training device (the same pipeline as the
+    loader's), so a GPU box's few CPU cores do not starve the GPU."""
+    model = create_model("tiny_cnn", 2)
+    size = model.preset.resize_size
+    photo = torch.randint(0, 256, (3, size, size), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)
+    ds = TensorImageDataset(photo.expand(8, -1, -1, -1).clone(), torch.tensor([0, 1] * 4),
+                            torch.nn.Identity())
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=0, precision="fp32", augment_on="device")
+    trainer = Trainer(model, 2, cfg, tmp_path / "r")
+    assert trainer.augments_on_device()
+    assert not Trainer(model, 2, TrainConfig(augment_on="auto"), tmp_path / "a"
+                       ).augments_on_device()  # a CPU: the loader's workers augment
+    trainer.fit(ds, TensorImageDataset(ds.images, ds.labels, eval_transform(model.preset)),
+                augment=train_transform(model.preset))
+    batch = seen[0]
+    crop = model.preset.crop_size
+    assert batch.dtype == torch.float32 and batch.shape == (8, 3, crop, crop)
+    assert len({tuple(v.flatten()[:64].tolist()) for v in batch}) == 8  # eight views
 
 
 def test_degrade_recomputes_only_the_augmented_feature_views(tiny_data: Path, cache_dir: Path,

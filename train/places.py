@@ -7,9 +7,10 @@
 Protocol (fixed): in every place of --places (one folder a place, places.json beside),
 a seeded --shots photos are taught and the rest are queries. A query's similarity is its
 best place's score, as served (landmark.places.PlaceIndex.best: the mean of the cosines
-to the place's nearest taught photo and to its prototype).
-- The mapping similarity -> confidence (a logistic fit: is the nearest place right?) and
-  the place threshold are chosen on half the places and the tuning half of unknown/,
+to the place's nearest taught photo and to its prototype), and its runner-up the next
+place's score.
+- The mapping (similarity, runner-up) -> confidence (a logistic fit: is the best place
+  right?) and the place threshold are chosen on half the places and the tuning half of unknown/,
   then scored on the other half of the places and the held-out half of unknown/; the
   two halves swap and the scores pool. Unknown photos that places.json lists as showing
   a place (`also_in_unknown`) are left out: with every place taught they are not unknown.
@@ -30,7 +31,7 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,10 @@ import torch
 from tqdm import tqdm
 
 from landmark.data import default_val_split, scan_split, split_unknown
-from landmark.data.layout import list_images
+from landmark.data.layout import list_images, shown_places
 from landmark.export import update_metadata
 from landmark.metrics import wilson_interval
-from landmark.places import Calibration, PlaceIndex, decide
+from landmark.places import Calibration, Match, PlaceIndex, decide
 from landmark.predict import Predictor
 
 # The share of rightly classified known-landmark photos taught places may take: half the
@@ -49,6 +50,7 @@ from landmark.predict import Predictor
 # 536: one photo is 0.19 point).
 KNOWN_BUDGET = 0.0025
 MARGINS = np.round(np.arange(0.0, 0.5001, 0.025), 3)
+BACKGROUND_QUANTILE = 0.1
 
 
 @dataclass
@@ -86,8 +88,7 @@ def place_photos(root: Path) -> tuple[list[str], list[Path], list[int], set[str]
         photos = list_images(root / name)
         files += photos
         labels += [i] * len(photos)
-    shown = {f for meta in info.values() for f in meta.get("also_in_unknown", [])}
-    return names, files, labels, shown
+    return names, files, labels, shown_places(root)
 
 
 def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,69 +105,82 @@ def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return np.array(taught), np.array(queried)
 
 
-def nearest(places: Outputs, taught: np.ndarray, queries: np.ndarray,
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(place, similarity) of each query's best place, via the served index."""
+def nearest(places: Outputs, taught: np.ndarray, queries: np.ndarray) -> Match:
+    """Each query's best place and runner-up, via the served index."""
     index = PlaceIndex(places.emb[taught], places.labels[taught], [])
     return index.best(queries)
 
 
-def fit_mapping(sim: np.ndarray, right: np.ndarray) -> tuple[float, float]:
-    """(scale, shift) of sigmoid(scale * (sim - shift)) ~ P(nearest place is right)."""
+def fit_mapping(sim: np.ndarray, runner_up: np.ndarray, right: np.ndarray) -> Calibration:
+    """Calibration(scale, shift, gap_weight, background) ~ P(the best place is right), a
+    logistic fit. `background` is the 10th percentile of the runner-up scores: a query with
+    no rival as close as that (one place taught) is treated as having one there."""
+    background = float(np.quantile(runner_up[np.isfinite(runner_up)], BACKGROUND_QUANTILE)) \
+        if np.isfinite(runner_up).any() else 0.0
     s = torch.tensor(sim, dtype=torch.float64)
+    gap = s - torch.tensor(np.maximum(runner_up, background), dtype=torch.float64)
     y = torch.tensor(right, dtype=torch.float64)
     a = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(float(np.median(sim)), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([a, b], max_iter=200)
+    c = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b, c], max_iter=200)
 
     def loss() -> torch.Tensor:
         opt.zero_grad()
-        out = torch.nn.functional.binary_cross_entropy_with_logits(a * (s - b), y)
+        out = torch.nn.functional.binary_cross_entropy_with_logits(a * (s - b) + c * gap, y)
         out.backward()
         return out
 
     opt.step(loss)
-    return a.item(), b.item()
+    return Calibration(round(a.item(), 4), round(b.item(), 4), gap_weight=round(c.item(), 4),
+                       background=round(background, 4))
 
 
 @dataclass
 class Scene:
-    """One open-world setting: queries of taught places and unknown photos, each with the
-    model's top class confidence and the nearest place's similarity and rightness."""
+    """One open-world setting: queries of taught places, unknown photos and photos of the
+    model's own landmarks, each with the model's top class confidence and the best place's
+    match (and, for queries and known photos, whether the answer is right)."""
 
     q_conf: np.ndarray
-    q_sim: np.ndarray
+    q_match: Match
     q_right: np.ndarray
     u_conf: np.ndarray
-    u_sim: np.ndarray
+    u_match: Match
     k_conf: np.ndarray
-    k_sim: np.ndarray
+    k_match: Match
     k_right: np.ndarray
 
     def scores(self, cal: Calibration, class_threshold: float) -> tuple[float, float]:
         """(share of queries named right, share of unknown photos rejected)."""
-        q_wins, q_named = decide(self.q_conf, cal.confidence(self.q_sim), class_threshold,
+        q_wins, q_named = decide(self.q_conf, confidence(cal, self.q_match), class_threshold,
                                  cal)
-        _, u_named = decide(self.u_conf, cal.confidence(self.u_sim), class_threshold, cal)
+        _, u_named = decide(self.u_conf, confidence(cal, self.u_match), class_threshold, cal)
         return float((q_wins & q_named & self.q_right).mean()), float((~u_named).mean())
 
     def known_taken(self, cal: Calibration, class_threshold: float) -> float:
         """The share of known-landmark photos the model gets right that a place takes."""
-        wins, _ = decide(self.k_conf, cal.confidence(self.k_sim), class_threshold, cal)
+        wins, _ = decide(self.k_conf, confidence(cal, self.k_match), class_threshold, cal)
         return float((wins & self.k_right).mean()) if len(self.k_right) else 0.0
+
+
+def confidence(cal: Calibration, match: Match) -> np.ndarray:
+    return cal.confidence(match.score, match.runner_up)
 
 
 def choose(scene: Scene, class_threshold: float) -> Calibration:
     """The mapping fit on the scene's queries; the smallest margin keeping taught places
     off all but KNOWN_BUDGET of the known photos; the threshold maximising queries named
     right + unknown rejected."""
-    scale, shift = fit_mapping(np.concatenate([scene.q_sim, scene.u_sim]),
-                               np.concatenate([scene.q_right, np.zeros(len(scene.u_sim))]))
+    q, u = scene.q_match, scene.u_match
+    mapping = fit_mapping(np.concatenate([q.score, u.score]),
+                          np.concatenate([q.runner_up, u.runner_up]),
+                          np.concatenate([scene.q_right, np.zeros(len(u.score))]))
     margin = next((float(m) for m in MARGINS if scene.known_taken(
-        Calibration(scale, shift, margin=m), class_threshold) <= KNOWN_BUDGET), MARGINS[-1])
+        replace(mapping, margin=m), class_threshold) <= KNOWN_BUDGET), MARGINS[-1])
     best = max(np.linspace(0.05, 0.99, 189), key=lambda t: sum(
-        scene.scores(Calibration(scale, shift, t, margin), class_threshold)))
-    return Calibration(round(scale, 4), round(shift, 4), round(float(best), 4), margin)
+        scene.scores(replace(mapping, threshold=t, margin=margin), class_threshold)))
+    return replace(mapping, threshold=round(float(best), 4), margin=margin)
 
 
 def scene(places: Outputs, unknown: Outputs, known: Outputs, keep: np.ndarray, k: int,
@@ -175,11 +189,10 @@ def scene(places: Outputs, unknown: Outputs, known: Outputs, keep: np.ndarray, k
     photos of the model's own landmarks."""
     taught, queries = shots(places.labels, k, seed)
     queries = queries[np.isin(places.labels[queries], keep)]
-    owner, sim = nearest(places, taught, places.emb[queries])
-    _, u_sim = nearest(places, taught, unknown.emb)
-    _, k_sim = nearest(places, taught, known.emb)
-    return Scene(places.conf[queries], sim, owner == places.labels[queries], unknown.conf,
-                 u_sim, known.conf, k_sim, known.cls == known.labels)
+    match = nearest(places, taught, places.emb[queries])
+    return Scene(places.conf[queries], match, match.place == places.labels[queries],
+                 unknown.conf, nearest(places, taught, unknown.emb), known.conf,
+                 nearest(places, taught, known.emb), known.cls == known.labels)
 
 
 def subset(o: Outputs, idx: np.ndarray) -> Outputs:
@@ -201,10 +214,10 @@ def cross_fit(places: Outputs, unknown: Outputs, known: Outputs, tune: np.ndarra
                      class_threshold)
         held = scene(places, subset(unknown, hold), known, score_half, k, seed)
         right, rej = held.scores(cal, class_threshold)
-        named += right * len(held.q_sim)
-        queries += len(held.q_sim)
-        rejected += rej * len(held.u_sim)
-        scored += len(held.u_sim)
+        named += right * len(held.q_right)
+        queries += len(held.q_right)
+        rejected += rej * len(held.u_conf)
+        scored += len(held.u_conf)
         folds.append(asdict(cal))
     return {"queries": queries, "named_right": named / queries,
             "named_right_ci": wilson_interval(named / queries, queries),
@@ -233,8 +246,8 @@ def test_drop(predictor: Predictor, test: Outputs, places: Outputs, cal: Calibra
               k: int, seed: int = 0) -> dict:
     """test/ top-1 without and with every place taught (a place that wins is wrong)."""
     taught, _ = shots(places.labels, k, seed)
-    _, sim = nearest(places, taught, test.emb)
-    wins, _ = decide(test.conf, cal.confidence(sim), predictor.reject_threshold, cal)
+    wins, _ = decide(test.conf, confidence(cal, nearest(places, taught, test.emb)),
+                     predictor.reject_threshold, cal)
     right = test.cls == test.labels
     return {"photos": len(test.labels), "top1_without": float(right.mean()),
             "top1_with": float((right & ~wins).mean())}

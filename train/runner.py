@@ -33,7 +33,7 @@ from landmark.data import (
 )
 from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
 from landmark.data.datasets import VAL_FRACTION
-from landmark.data.layout import unknown_split
+from landmark.data.layout import shown_places, unknown_split
 from landmark.engine import TrainConfig, Trainer
 from landmark.export import export_model
 from landmark.metrics import per_class_rows
@@ -42,13 +42,16 @@ from train.assess import Settings, ValOutputs, assess
 
 log = logging.getLogger("train")
 VAL_OUTPUTS = "val_outputs.json"  # what train.crossval pools across folds
-CHOICES = {"balance": ("none", "sampler", "loss")}
+CHOICES = {"balance": ("none", "sampler", "loss"), "augment_on": ("auto", "loader", "device")}
 HELP = {
     "outlier_weight": "outlier exposure: train on two thirds of the tuning half of the "
                       "unknown photos as 'none of these' (cross-entropy to uniform) with this "
                       "weight; 0 turns it off. The held-out half stays unseen",
     "backbone_lr_scale": "the backbone's LR as a share of the head's",
     "workers": "DataLoader workers; -1 picks for the machine",
+    "augment_on": "where training photos are augmented: loader (DataLoader workers), device "
+                  "(on the training device, batch by batch), auto (device on a GPU, whose "
+                  "box's CPU cores cannot keep up, else loader)",
     "balance": "even out classes of unequal size: none; sampler (every class drawn equally "
                "often); loss (cross-entropy weighted by inverse class size)",
 }
@@ -75,6 +78,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     d.add_argument("--unknown", type=Path, default=None,
                    help="photos of other places, for the 'no known landmark' threshold "
                         "(default DATA/unknown when present)")
+    d.add_argument("--outlier-skip", type=Path, action="append", default=[], metavar="PLACES",
+                   help="a new_places-style folder: the unknown photos its places.json lists "
+                        "as showing its places (also_in_unknown) are never trained on as "
+                        "outliers, so figures for those places taught stay honest; repeatable")
     t = p.add_argument_group("training")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -156,12 +163,24 @@ def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSpl
         if "unknown" not in out:
             raise DatasetError(f"--outlier-weight needs photos of other places: no images in "
                                f"{unknown} (pass --unknown DIR)")
-        out["outliers"] = out["unknown"].subset(split_unknown(len(out["unknown"].paths),
-                                                              exposure=True)["train"])
+        out["outliers"] = outlier_photos(out["unknown"], args.outlier_skip)
     for k, s in out.items():
         log.info("%s: %d photos, %d classes%s", k, len(s.labels), len(s.classes),
                  f", {len(s.skipped)} unreadable skipped" if s.skipped else "")
     return out
+
+
+def outlier_photos(unknown: CachedSplit, skip: list[Path]) -> CachedSplit:
+    """The unknown photos outlier exposure trains on: the seeded exposure part, less those
+    that `skip`'s places.json files say show a place (kept unseen, not moved elsewhere, so
+    the tuning and held-out parts stay the same photos)."""
+    shown = set().union(*(shown_places(root) for root in skip))
+    part_ = split_unknown(len(unknown.paths), exposure=True)["train"]
+    keep = [i for i in part_ if Path(unknown.paths[i]).name not in shown]
+    if len(keep) < len(part_):
+        log.info("outliers: %d of %d photos left out as showing a place of %s",
+                 len(part_) - len(keep), len(part_), ", ".join(map(str, skip)))
+    return unknown.subset(keep)
 
 
 def check_learnable(data: dict[str, CachedSplit], args: argparse.Namespace,
@@ -324,10 +343,13 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
     """Train every trainable weight on augmented photos; keep the best validation epoch."""
     preset = model.preset
     trainer = Trainer(model, len(data["train"].classes), cfg, args.output)
-    train = with_outliers(data, lambda d: TensorImageDataset(d.images, d.labels,
-                                                             train_transform(preset)))
+    augment = train_transform(preset)
+    on_device = trainer.augments_on_device()
+    train = with_outliers(data, lambda d: TensorImageDataset(
+        d.images, d.labels, nn.Identity() if on_device else augment))
     trainer.fit(train, TensorImageDataset(data["val"].images, data["val"].labels,
-                                          eval_transform(preset)), resume=args.resume)
+                                          eval_transform(preset)), resume=args.resume,
+                augment=augment if on_device else None)
     return trainer.load_best(), trainer.history, run_info(trainer)
 
 

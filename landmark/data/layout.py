@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,3 +58,10 @@ def unknown_split(folder: Path, classes: list[str]) -> Split | None:
     """Photos of other places (labelled -1) below `folder`, or None when it has none."""
     paths = list_images(folder) if folder.is_dir() else []
     return Split(paths, [-1] * len(paths), classes) if paths else None
+
+
+def shown_places(places_root: Path) -> set[str]:
+    """File names of the unknown/ photos that `places_root/places.json` says show one of
+    its places (`also_in_unknown`): photos that stop being unknown once the place is taught."""
+    info = json.loads((places_root / "places.json").read_text())
+    return {f for meta in info.values() for f in meta.get("also_in_unknown", [])}

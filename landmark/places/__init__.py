@@ -4,8 +4,8 @@
     python -m landmark.places list | remove NAME | import DIR
 """
 
-from landmark.places.index import Calibration, PlaceIndex, decide, model_key
+from landmark.places.index import Calibration, Match, PlaceIndex, decide, model_key
 from landmark.places.store import Location, Place, PlaceError, PlaceStore
 
-__all__ = ["Calibration", "Location", "Place", "PlaceError", "PlaceIndex", "PlaceStore",
+__all__ = ["Calibration", "Location", "Match", "Place", "PlaceError", "PlaceIndex", "PlaceStore",
            "decide", "model_key"]

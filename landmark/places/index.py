@@ -44,18 +44,37 @@ def model_key(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """similarity -> confidence: sigmoid(scale * (similarity - shift)); a place is named
-    when that confidence reaches `threshold`, and beats the model's best class only by
-    more than `margin`, so photos of the model's own landmarks stay with their classes.
-    Chosen by `python -m train.places`."""
+    """(similarity, runner-up) -> confidence: sigmoid(scale * (similarity - shift) +
+    gap_weight * (similarity - max(runner_up, background))). A place well ahead of every
+    other place is more often right than its similarity alone says; `background` stands in
+    for a runner-up when none comes close (one place taught). A place is named when the
+    confidence reaches `threshold`, and beats the model's best class only by more than
+    `margin`, so photos of the model's own landmarks stay with their classes. Chosen by
+    `python -m train.places`."""
 
     scale: float = 20.0
     shift: float = 0.75
     threshold: float = 0.5
     margin: float = 0.0
+    gap_weight: float = 0.0
+    background: float = 0.0
 
-    def confidence(self, similarity: np.ndarray) -> np.ndarray:
-        return 0.5 + 0.5 * np.tanh(0.5 * self.scale * (similarity - self.shift))  # sigmoid
+    def confidence(self, similarity: np.ndarray, runner_up: np.ndarray) -> np.ndarray:
+        logit = self.scale * (similarity - self.shift)
+        if self.gap_weight:
+            logit = logit + self.gap_weight * (similarity - np.maximum(runner_up,
+                                                                       self.background))
+        return 0.5 + 0.5 * np.tanh(0.5 * logit)  # sigmoid, without overflow
+
+
+@dataclass(frozen=True)
+class Match:
+    """Each query's best taught place (-1 when nothing is taught), its score, and the
+    score of the best other place among the neighbours (-inf when there is none)."""
+
+    place: np.ndarray
+    score: np.ndarray
+    runner_up: np.ndarray
 
 
 class PlaceIndex:
@@ -84,16 +103,17 @@ class PlaceIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def best(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(place index, similarity) of each query's best place; -1 and -inf when nothing
-        is taught."""
+    def best(self, queries: np.ndarray) -> Match:
+        """Each query's best place among its NEIGHBOURS nearest taught photos, and the
+        runner-up place's score."""
         n = len(queries)
+        match = Match(np.full(n, -1), np.full(n, -np.inf, dtype=np.float32),
+                      np.full(n, -np.inf, dtype=np.float32))
         if not len(self):
-            return np.full(n, -1), np.full(n, -np.inf, dtype=np.float32)
+            return match
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         with one_thread():
             sims, ids = self.index.search(queries, min(NEIGHBOURS, len(self)))
-        owner, score = np.full(n, -1), np.full(n, -np.inf, dtype=np.float32)
         for i in range(n):
             found = ids[i] >= 0
             near = dict(zip(self.owners[ids[i][found]][::-1].tolist(),
@@ -101,8 +121,11 @@ class PlaceIndex:
             cands = np.fromiter(near, int)
             both = 0.5 * (np.fromiter(near.values(), np.float32)
                           + self.prototypes[cands] @ queries[i])
-            owner[i], score[i] = cands[both.argmax()], both.max()
-        return owner, score
+            order = np.argsort(-both)
+            match.place[i], match.score[i] = cands[order[0]], both[order[0]]
+            if len(order) > 1:
+                match.runner_up[i] = both[order[1]]
+        return match
 
 
 def decide(class_conf: np.ndarray | float, place_conf: np.ndarray | float,
