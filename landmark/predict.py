@@ -133,8 +133,9 @@ class Predictor:
             return preds, None, bool(named)
         hit = {"class": None, "landmark": place.name, "confidence": round(conf, 4),
                "source": "taught"}
-        ranked = [hit, *preds] if wins else sorted([*preds, hit],
-                                                   key=lambda p: -p["confidence"])
+        # the winner leads even when a losing place is more confident (within the margin)
+        ranked = [hit, *preds] if wins else [preds[0], *sorted(
+            [*preds[1:], hit], key=lambda p: -p["confidence"])]
         return ranked[:k], place if wins else None, bool(named)
 
     def record(self, probs: torch.Tensor | None, k: int = 3,

@@ -29,7 +29,7 @@ while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - start )) -lt $T ]; do
 done
 echo "stopped at $(( $(date +%s) - start ))s; still running: $(jobs -rp | wc -l)"
 pkill -f train. ; sleep 2
-for r in A B; do  # fp16 weights: a 20 MB checkpoint does not come back whole
+for r in A B; do  # fp16 weights as best.pt (loading casts them back): a 20 MB file would not come back
   $PY - $R/$r <<'PYEOF'
 import sys, torch
 d = sys.argv[1]
@@ -41,7 +41,7 @@ s["model"] = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v
               for k, v in s["model"].items()}
 torch.save(s, f"{d}/best16.pt")
 PYEOF
-  tar -cf $OUT/$r.tar -C $R $r/best16.pt $r/metrics.csv $r/run.json $r/transfer.report.json $r.log 2>/dev/null
+  tar -cf $OUT/$r.tar --transform "s/best16.pt/best.pt/" -C $R $r/best16.pt $r/metrics.csv $r/run.json $r/transfer.report.json $r.log 2>/dev/null
 done
 (cd $R && tar -czf $OUT/cv.tgz --exclude='*.pt' --exclude='*.png' cvA cvB cvA.log cvB.log 2>/dev/null)
 ls -la $OUT

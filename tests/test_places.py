@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from landmark.data.layout import list_images
 from landmark.geotag import geotag_jpeg
-from landmark.places import PlaceError, PlaceIndex, PlaceStore
+from landmark.places import Place, PlaceError, PlaceIndex, PlaceStore
 from landmark.places import index as place_index
 from landmark.places.teach import teach
 from landmark.predict import Predictor
@@ -222,3 +223,24 @@ def test_place_search_leaves_torch_on_all_its_threads() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
     assert out == ["2", "2"]
+
+
+def test_a_place_within_the_margin_ranks_below_the_winning_class(
+        transfer: Predictor, store: PlaceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A taught place more confident than the model's class, but not by the margin, loses:
+    the class leads the record and is named with its own facts (this used to crash batch
+    tagging, which looked up the place's missing class)."""
+    from dataclasses import replace
+    place = Place("Look-alike Tower", "look-alike-tower", 3, None)
+    emb = np.eye(4, dtype=np.float32)
+    index = PlaceIndex(emb[:1], np.zeros(1, int), [place])
+    monkeypatch.setattr(transfer, "taught", lambda _: index)
+    monkeypatch.setattr(transfer, "calibration", replace(
+        transfer.calibration, scale=20.0, shift=0.5, gap_weight=0.0, margin=0.3))
+    probs = torch.zeros(len(transfer.classes))
+    probs[transfer.classes.index("03.Eiffel_Tower")] = 0.9
+    rec = transfer.record(probs, k=3, embedding=torch.from_numpy(emb[0]), places=store)
+    first, *rest = rec["predictions"]
+    assert first["landmark"] == "Eiffel Tower" and rec["known"]
+    assert rest[0]["landmark"] == "Look-alike Tower" and rest[0]["confidence"] > 0.9
+    assert rec["location"]["country"] == "France"

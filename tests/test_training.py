@@ -293,6 +293,8 @@ def test_cli_outlier_exposure_trains_on_unknown_and_reports_on_the_rest(
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((out / "scratch.report.json").read_text())
     assert report["outlier_exposure"] == {"weight": 0.5, "photos": 2}
+    seen = load_exported(out / "scratch.pt").metadata["training_data"]
+    assert seen["outlier_photos"] == 2 and seen["outlier_skip"] == []
     assert report["open_set"]["tune"]["n_unknown"] == 1  # the rest of the tuning half
     assert report["open_set"]["shipped"]["n_unknown"] == 3  # the held-out half, unchanged
     # exporting it again without the flag would tune on photos it trained on: refused

@@ -305,13 +305,16 @@ def headline_metrics(report: dict) -> dict:
 
 def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dict:
     """Which photos the model saw: the dataset, any extra training folders, the balance,
-    and the photos per class that trained it."""
+    the photos per class that trained it, and the unknown photos trained on as outliers
+    (with the places whose photos were left out of them)."""
     counts = torch.bincount(data["train"].labels[data["train"].labels >= 0],
                             minlength=len(data["train"].classes)).tolist()
     return {"dataset": str(args.data), "extra_train": [str(p) for p in args.extra_train],
             "balance": args.balance, "train_photos": len(data["train"].labels),
             "val_photos": len(data["val"].labels),
-            "train_per_class": dict(zip(data["train"].classes, counts, strict=True))}
+            "train_per_class": dict(zip(data["train"].classes, counts, strict=True)),
+            "outlier_photos": len(data["outliers"].labels) if "outliers" in data else 0,
+            "outlier_skip": [str(p) for p in args.outlier_skip]}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
