@@ -17,7 +17,10 @@ from landmark.places.store import Place
 # Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
 # takes ~0.3 ms at 1e3 and 40-80 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4-8 ms.
 EXACT_MAX = 10_000
-NEIGHBOURS = 32  # taught photos a query looks at; the places among them compete
+# Taught photos a query looks at; the places among them compete. On new_places, 16 and 32
+# give the same top-1; HNSW's efSearch 2x that: 1.7 ms inside a tag at 1e5 vectors, 2.9
+# for 32/64 (docs/decisions.md).
+NEIGHBOURS = 16
 
 
 @contextmanager
@@ -89,7 +92,7 @@ class PlaceIndex:
         d = vectors.shape[1] if vectors.ndim == 2 else 1
         if len(vectors) > EXACT_MAX:
             self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efSearch = 64
+            self.index.hnsw.efSearch = 2 * NEIGHBOURS
         else:
             self.index = faiss.IndexFlatIP(d)
         self.prototypes = np.zeros((int(owners.max()) + 1 if len(owners) else 0, d),
