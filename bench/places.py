@@ -29,7 +29,7 @@ import numpy as np
 from bench.report import take_turns, update_section
 from landmark import plots
 from landmark.cli import add_data_arg
-from landmark.data import scan_split, split_unknown
+from landmark.data import scan_split
 from landmark.data.layout import list_images
 from landmark.metrics import wilson_interval
 from landmark.places import PlaceStore, model_key
@@ -124,10 +124,7 @@ def main() -> None:
     args = p.parse_args()
     names, files, labels, shown = protocol.place_photos(args.places)
     unknown_files = list_images(args.data / "unknown")
-    parts = split_unknown(len(unknown_files))
-    other = np.array([f.name not in shown for f in unknown_files])
-    tune = np.array([i for i in parts["tune"] if other[i]])
-    hold = np.array([i for i in parts["hold"] if other[i]])
+    tune, hold = protocol.untaught_parts(unknown_files, shown)
     lines = [f"{len(names)} places, {len(files)} photos (`{args.places}`); unknown photos of "
              f"places not taught: {len(tune)} tuning, {len(hold)} held out. Accuracy: top-1 "
              "of the best-scoring place among the places alone (`PlaceIndex.best`).", "",

@@ -153,7 +153,6 @@ class Trainer:
         mix = [t(num_classes=num_classes, alpha=a) for t, a in
                ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix)) if a > 0]
         self.mix = v2.RandomChoice(mix) if mix else None
-        self.augment: Callable[[Tensor], Tensor] | None = None
         self.history: list[dict] = []
         self.best = {"val_top1": -1.0, "val_loss": float("inf"), "epoch": 0}
 
@@ -187,7 +186,6 @@ class Trainer:
             augment: Callable[[Tensor], Tensor] | None = None) -> list[dict]:
         """Train up to cfg.epochs, stopping early after cfg.patience epochs without gain.
         `augment`, when given, turns each training photo into its view on the device."""
-        self.augment = augment
         seed_everything(self.cfg.seed + self.rank)
         if self.cfg.balance not in ("none", "sampler", "loss"):
             raise ValueError(f"balance {self.cfg.balance!r}: choose none, sampler or loss")
@@ -202,7 +200,7 @@ class Trainer:
                 break
             if isinstance(train_dl.sampler, DistributedSampler):
                 train_dl.sampler.set_epoch(epoch)
-            train_loss, train_acc = self.train_epoch(train_dl, epoch)
+            train_loss, train_acc = self.train_epoch(train_dl, epoch, augment)
             probs, labels = predict(self.net, val_dl, self.device, self.dtype)
             row = {"epoch": epoch, "lr": self.opt.param_groups[0]["lr"],
                    "train_loss": train_loss, "train_top1": train_acc,
@@ -216,16 +214,18 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: warmup_cosine(s, warmup_steps, total_steps))
 
-    def train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, float]:
-        """One pass over `loader`: (mean loss, top-1) on the known photos."""
+    def train_epoch(self, loader: DataLoader, epoch: int,
+                    augment: Callable[[Tensor], Tensor] | None = None) -> tuple[float, float]:
+        """One pass over `loader`: (mean loss, top-1) on the known photos; `augment`, when
+        given, makes each photo's view on the device."""
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False,
                    disable=_quiet(), unit="batch")
         for x, y in bar:
             x = x.to(self.device, non_blocking=True)
-            if self.augment is not None:
-                x = torch.stack([self.augment(img) for img in x])
+            if augment is not None:
+                x = torch.stack([augment(img) for img in x])
             if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(self.device, non_blocking=True)

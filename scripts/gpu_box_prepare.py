@@ -18,11 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from landmark.data.datasets import split_unknown
+from landmark.data.imageio import load_image, to_tensor
 from landmark.data.layout import list_images
 from landmark.models.transfer import lite_weights_file
+from landmark.presets import cache_image
 
 SIZE = 292
 STUB = '''def register_heif_opener() -> None:
@@ -31,14 +33,11 @@ STUB = '''def register_heif_opener() -> None:
 
 
 def square(job: tuple[Path, Path, int, str, int]) -> None:
-    """Write `src` as a SIZE px centre square (then `side` px) in `fmt` at `quality`."""
+    """Write `src` as the decode cache keeps it (a SIZE px centre square), then at `side`
+    px, in `fmt` at `quality`."""
     src, dst, side, fmt, quality = job
-    img = ImageOps.exif_transpose(Image.open(src)).convert("RGB")
-    scale = SIZE / min(img.size)
-    img = img.resize((max(SIZE, round(img.width * scale)), max(SIZE, round(img.height * scale))),
-                     Image.BILINEAR)
-    left, top = (img.width - SIZE) // 2, (img.height - SIZE) // 2
-    img = img.crop((left, top, left + SIZE, top + SIZE)).resize((side, side), Image.BILINEAR)
+    kept = cache_image(to_tensor(load_image(src, max_side=2 * SIZE)), SIZE)
+    img = Image.fromarray(kept.permute(1, 2, 0).numpy()).resize((side, side), Image.BILINEAR)
     dst.parent.mkdir(parents=True, exist_ok=True)
     img.save(dst, fmt, quality=quality)
 

@@ -91,6 +91,14 @@ def place_photos(root: Path) -> tuple[list[str], list[Path], list[int], set[str]
     return names, files, labels, shown_places(root)
 
 
+def untaught_parts(unknown_files: list[Path], shown: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(tuning, held-out) indices of the unknown photos that show none of the places."""
+    parts = split_unknown(len(unknown_files))
+    tune, hold = ([i for i in parts[k] if unknown_files[i].name not in shown]
+                  for k in ("tune", "hold"))
+    return np.array(tune), np.array(hold)
+
+
 def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(taught, queried) indices: a seeded k photos of every place taught, the rest
     queried; a place with k photos or fewer keeps one query."""
@@ -272,11 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     names, files, labels, shown = place_photos(args.places)
     place_out = run_model(predictor, files, labels, "places")
     unknown_files = list_images(args.data / "unknown")
-    parts = split_unknown(len(unknown_files))
-    other = np.array([f.name not in shown for f in unknown_files])
     unknown = run_model(predictor, unknown_files, [-1] * len(unknown_files), "unknown")
-    tune = np.array([i for i in parts["tune"] if other[i]])
-    hold = np.array([i for i in parts["hold"] if other[i]])
+    tune, hold = untaught_parts(unknown_files, shown)
     known = known_photos(predictor, args.data, args.known_extra)
     test = scan_split(args.data, "test", predictor.classes)
     test_out = run_model(predictor, test.paths, test.labels, "test")

@@ -175,11 +175,11 @@ def outlier_photos(unknown: CachedSplit, skip: list[Path]) -> CachedSplit:
     that `skip`'s places.json files say show a place (kept unseen, not moved elsewhere, so
     the tuning and held-out parts stay the same photos)."""
     shown = set().union(*(shown_places(root) for root in skip))
-    part_ = split_unknown(len(unknown.paths), exposure=True)["train"]
-    keep = [i for i in part_ if Path(unknown.paths[i]).name not in shown]
-    if len(keep) < len(part_):
+    exposed = split_unknown(len(unknown.paths), exposure=True)["train"]
+    keep = [i for i in exposed if Path(unknown.paths[i]).name not in shown]
+    if len(keep) < len(exposed):
         log.info("outliers: %d of %d photos left out as showing a place of %s",
-                 len(part_) - len(keep), len(part_), ", ".join(map(str, skip)))
+                 len(exposed) - len(keep), len(exposed), ", ".join(map(str, skip)))
     return unknown.subset(keep)
 
 

@@ -63,10 +63,8 @@ class Calibration:
     background: float = 0.0
 
     def confidence(self, similarity: np.ndarray, runner_up: np.ndarray) -> np.ndarray:
-        logit = self.scale * (similarity - self.shift)
-        if self.gap_weight:
-            logit = logit + self.gap_weight * (similarity - np.maximum(runner_up,
-                                                                       self.background))
+        gap = similarity - np.maximum(runner_up, self.background)
+        logit = self.scale * (similarity - self.shift) + self.gap_weight * gap
         return 0.5 + 0.5 * np.tanh(0.5 * logit)  # sigmoid, without overflow
 
 
