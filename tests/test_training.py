@@ -326,23 +326,50 @@ def test_extra_train_with_an_unknown_class_is_one_clear_line(tiny_data: Path,
     assert "class folders not in training classes: ['99.Nowhere']" in res.stderr
 
 
-def test_extra_photos_train_but_never_validate(tiny_data: Path, tmp_path: Path) -> None:
+def test_extra_photos_train_but_never_validate(tiny_data: Path, tiny_model: Path,
+                                              tmp_path: Path) -> None:
     extra = _extra(tmp_path / "extra", {
         "03.Eiffel_Tower": real_photos("03.Eiffel_Tower", n=14)[8:],
         "11.Niagara_Falls": real_photos("11.Niagara_Falls", n=10)[8:]})
     out = tmp_path / "run"
     res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "1",
                "--batch-size", "8", "--workers", "0", "--extra-train", str(extra),
-               "--balance", "sampler", "--output", str(out),
+               "--balance", "sampler", "--init", str(tiny_model), "--output", str(out),
                "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode == 0, res.stderr[-2000:]
     val = json.loads((out / "val_outputs.json").read_text())["paths"]
     assert val and not [p for p in val if "extra_" in p]
     seen = load_exported(out / "scratch.pt").metadata["training_data"]
     assert seen["extra_train"] == [str(extra)] and seen["balance"] == "sampler"
+    assert seen["initialised_from"] == str(tiny_model)
     assert seen["train_photos"] + seen["val_photos"] == 16 + 8
     assert seen["train_per_class"]["03.Eiffel_Tower"] == seen["train_per_class"][
         "11.Niagara_Falls"] + 4
+
+
+def test_init_starts_from_an_exported_models_weights(tiny_model: Path) -> None:
+    from train.reexport import rebuild
+    from train.runner import init_from
+    shipped = rebuild(tiny_model)[0].state_dict()
+    model = create_model("tiny_cnn", 2)
+    assert any(not torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
+    init_from(model, tiny_model, load_exported(tiny_model).classes)
+    assert all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("init, expected", [
+    ("model", "a tiny_cnn over 2 classes; this run trains a landmark_resnet_s"),
+    ("junk", "not a readable model file")])
+def test_init_from_another_network_is_one_clear_line(tiny_data: Path, tiny_model: Path,
+                                                      tmp_path: Path, init: str,
+                                                      expected: str) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    res = _cli("--data", str(tiny_data), "--model", "landmark_resnet_s", "--init",
+               str(tiny_model if init == "model" else junk), "--output", str(tmp_path / "r"),
+               "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert expected in res.stderr
 
 
 def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> None:

@@ -101,6 +101,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                         "are written beside it")
     o.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last.pt after an interruption")
+    t.add_argument("--init", type=Path, default=None, metavar="MODEL.pt",
+                   help="start from the weights of an exported model file of the same "
+                        "architecture and classes (e.g. models/scratch.pt), to go on training "
+                        "it on more data; pair with a lower --lr and fewer --epochs")
     o.add_argument("--export-only", action="store_true",
                    help="skip training: calibrate, evaluate and export the weights in "
                         "OUTPUT/best.pt (a finished run, or a run folder copied from a GPU "
@@ -134,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU probing, per line
 
 
 def load_splits(args: argparse.Namespace, preset: Preset) -> dict[str, CachedSplit]:
@@ -232,6 +237,8 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
         data = load_splits(args, model.preset)
     except DatasetError as e:
         sys.exit(f"error: {e}")
+    if args.init and not args.export_only and not args.resume:
+        init_from(model, args.init, data["train"].classes)
     trained = train_or_load(args, model, data, cfg, command, fit or fit_images)
     if trained.info.get("rank", 0) != 0:
         return {}
@@ -255,6 +262,23 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
              f", test top-1 {report['test']['top1']:.4f} top-3 {report['test']['top3']:.4f}"
              if "test" in report else "")
     return report
+
+
+def init_from(model: nn.Module, path: Path, classes: list[str]) -> None:
+    """Load an exported model file's weights into `model`, refusing another architecture
+    or class list by name (a shape error would say neither)."""
+    from train.reexport import rebuild  # the one way back from a model file to a network
+    try:
+        net, _, exp = rebuild(path)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        sys.exit(f"error: --init {path}: not a readable model file ({str(e)[:200]})")
+    arch = getattr(model, "arch", None)
+    if exp.metadata.get("architecture") != arch or exp.classes != classes:
+        sys.exit(f"error: --init {path}: a {exp.metadata.get('architecture')} over "
+                 f"{len(exp.classes)} classes; this run trains a {arch} over the "
+                 f"{len(classes)} classes of --data")
+    model.load_state_dict(net.state_dict())
+    log.info("initialised from %s", path)
 
 
 def train_or_load(args: argparse.Namespace, model: nn.Module, data: dict[str, CachedSplit],
@@ -314,7 +338,8 @@ def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dic
             "val_photos": len(data["val"].labels),
             "train_per_class": dict(zip(data["train"].classes, counts, strict=True)),
             "outlier_photos": len(data["outliers"].labels) if "outliers" in data else 0,
-            "outlier_skip": [str(p) for p in args.outlier_skip]}
+            "outlier_skip": [str(p) for p in args.outlier_skip],
+            "initialised_from": str(args.init) if args.init else None}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
