@@ -88,11 +88,11 @@ class Predictor:
         """The index of `store`'s places under this model, rebuilt when the store changes
         (the last TAUGHT_CACHE stores are kept); a place this model has not embedded yet
         is embedded from its kept photos."""
-        places = store.places()
-        stamp = tuple((p.slug, p.photos) for p in places)
+        stamp = store.version()  # before reading, so a write in between rebuilds again
         with self._lock:
             hit = self._taught.get(store.root)
             if hit is None or hit[0] != stamp:
+                places = store.places()
                 key = model_key(self.path)
                 vectors = [self.place_vectors(store, p, key) for p in places]
                 owners = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)]

@@ -175,6 +175,16 @@ class PlaceStore:
             raise PlaceError(f"{self.index_file} is corrupt ({e}); move it away to start "
                              "a new store") from None
 
+    def version(self) -> tuple[int, int, int] | None:
+        """A token that changes whenever the list of places does (every write replaces
+        places.json): its inode, size and modification time; None while nothing is
+        taught. A stat, so a tag need not parse a list of thousands of places."""
+        try:
+            st = self.index_file.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
     def get(self, name: str) -> Place | None:
         return next((p for p in self.places() if p.name.casefold() == name.casefold()), None)
 
