@@ -102,8 +102,7 @@ def add_and_tag(predictor: Predictor, places_dir: Path, photo: Path) -> tuple[fl
         start = time.perf_counter()
         teach(store, [predictor], "Bench place", list_images(folder)[:10])
         seconds = time.perf_counter() - start
-        key = model_key(predictor.path)
-        dim = np.load(store.vectors_file(store.places()[0], key)).shape[1]
+        key, dim = model_key(predictor.path), int(predictor.metadata["embedding_dim"])
         gen = np.random.default_rng(0)
         for i in tqdm(range(BIG_PLACES), desc="synthetic places", unit="place"):
             v = gen.standard_normal((MAX_PHOTOS, dim), dtype=np.float32)

@@ -93,6 +93,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                    help="share of training views given one degradation phones send: blur, a "
                         "quarter turn or sensor noise (see python -m bench.robustness; "
                         "default %(default)s)")
+    t.add_argument("--init", type=Path, default=None, metavar="MODEL.pt",
+                   help="start from the weights of an exported model file of the same "
+                        "architecture and classes (e.g. models/scratch.pt), to go on training "
+                        "it on more data; pair with a lower --lr and fewer --epochs")
     o = p.add_argument_group("output")
     o.add_argument("--output", type=Path, default=Path("runs") / name,
                    help="run folder: checkpoints, metrics.csv (default %(default)s)")
@@ -101,10 +105,6 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                         "are written beside it")
     o.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last.pt after an interruption")
-    t.add_argument("--init", type=Path, default=None, metavar="MODEL.pt",
-                   help="start from the weights of an exported model file of the same "
-                        "architecture and classes (e.g. models/scratch.pt), to go on training "
-                        "it on more data; pair with a lower --lr and fewer --epochs")
     o.add_argument("--export-only", action="store_true",
                    help="skip training: calibrate, evaluate and export the weights in "
                         "OUTPUT/best.pt (a finished run, or a run folder copied from a GPU "
