@@ -10,6 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -166,8 +167,8 @@ def test_corrupt_or_unwritable_store_is_one_clear_message(transfer: Predictor,
         teach(PlaceStore(blocked / "store"), [transfer], "Falls again", _photos()[:3])
 
 
-def test_hnsw_past_the_exact_size_finds_the_same_neighbours(monkeypatch: pytest.MonkeyPatch,
-                                                            ) -> None:
+def test_ivf_past_the_exact_size_finds_the_same_places(monkeypatch: pytest.MonkeyPatch,
+                                                       ) -> None:
     gen = np.random.default_rng(0)
     vectors = gen.normal(size=(3000, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -176,7 +177,8 @@ def test_hnsw_past_the_exact_size_finds_the_same_neighbours(monkeypatch: pytest.
     exact = PlaceIndex(vectors, owners, [])
     monkeypatch.setattr(place_index, "EXACT_MAX", 1000)
     approx = PlaceIndex(vectors, owners, [])
-    assert "HNSW" in type(approx.index).__name__ and "Flat" in type(exact.index).__name__
+    assert isinstance(approx.index, faiss.IndexIVFFlat) and approx.index.nlist == 64
+    assert isinstance(exact.index, faiss.IndexFlatIP) and len(approx) == len(exact) == 3000
     same = (exact.best(queries).place == approx.best(queries).place).mean()
     assert same > 0.98
 

@@ -14,13 +14,16 @@ import numpy as np
 
 from landmark.places.store import Place
 
-# Vectors: an exact index up to here, HNSW beyond. bench.places: a 1280-d exact search
-# takes ~0.3 ms at 1e3 and 40-80 ms at 1e5 (HNSW 0.3 ms), so 1e4 keeps it near 4-8 ms.
+# Vectors: an exact index up to here, inverted lists (IVF) beyond. bench.places: a 1280-d
+# exact search takes ~0.3 ms at 1e3 and 40-80 ms at 1e5, so 1e4 keeps it near 4-8 ms.
 EXACT_MAX = 10_000
 # Taught photos a query looks at; the places among them compete. On new_places, 16 and 32
-# give the same top-1; HNSW's efSearch 2x that: 1.7 ms inside a tag at 1e5 vectors, 2.9
-# for 32/64 (docs/decisions.md).
+# give the same top-1 (docs/decisions.md).
 NEIGHBOURS = 16
+# Lists an IVF search opens. On 1e5 random 384-d unit vectors in 1,024 lists, 16 found a
+# perturbed stored vector first 99% of the time in 0.39 ms after a forward pass, where
+# HNSW (M 32, efSearch 32) found it 76% of the time in 0.57 ms (docs/decisions.md).
+PROBES = 16
 
 
 @contextmanager
@@ -43,6 +46,32 @@ def model_key(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for n vectors: the power of two nearest 4 * sqrt(n), FAISS's rule of
+    thumb, but at least 39 vectors a list, the fewest its k-means trains on without
+    warning (1e4: 256, 1e5: 1,024, 1e6: 4,096)."""
+    return int(min(2 ** round(np.log2(4 * np.sqrt(n))), 2 ** int(np.log2(max(n // 39, 1)))))
+
+
+def vector_index(vectors: np.ndarray) -> faiss.Index:
+    """A FAISS inner-product index holding `vectors` (N, D): exact up to EXACT_MAX, IVF
+    beyond. IVF trains its lists by k-means on at most 64 vectors a list, which bounds a
+    rebuild (1e5 1840-d vectors: seconds, where HNSW's graph took 80 s)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = vectors.shape[1] if vectors.ndim == 2 else 1
+    if len(vectors) <= EXACT_MAX:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, ivf_lists(len(vectors)),
+                                   faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = 64
+        index.train(vectors)
+        index.nprobe = PROBES
+    if len(vectors):
+        index.add(vectors)
+    return index
 
 
 @dataclass(frozen=True)
@@ -79,24 +108,19 @@ class Match:
 
 
 class PlaceIndex:
-    """Every taught photo's embedding in a FAISS index (exact inner product up to
-    EXACT_MAX vectors, HNSW beyond), and each place's prototype: the normalised mean of
-    its photos. `best` scores the places among a query's NEIGHBOURS nearest taught photos
-    by the mean of two cosines, to the place's nearest photo and to its prototype (on
-    new_places, 5 shots: top-1 0.662 by the nearest photo alone, 0.698 with both)."""
+    """Every taught photo's embedding in a FAISS index (`vector_index`), and each place's
+    prototype: the normalised mean of its photos. `best` scores the places among a query's
+    NEIGHBOURS nearest taught photos by the mean of two cosines, to the place's nearest
+    photo and to its prototype (on new_places, 5 shots: top-1 0.662 by the nearest photo
+    alone, 0.698 with both)."""
 
     def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place]) -> None:
         self.places, self.owners = places, owners
         d = vectors.shape[1] if vectors.ndim == 2 else 1
-        if len(vectors) > EXACT_MAX:
-            self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efSearch = 2 * NEIGHBOURS
-        else:
-            self.index = faiss.IndexFlatIP(d)
+        self.index = vector_index(vectors)
         self.prototypes = np.zeros((int(owners.max()) + 1 if len(owners) else 0, d),
                                    np.float32)
         if len(vectors):
-            self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
             np.add.at(self.prototypes, owners, vectors)
             self.prototypes /= np.maximum(
                 np.linalg.norm(self.prototypes, axis=1, keepdims=True), 1e-12)
