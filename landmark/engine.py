@@ -30,6 +30,7 @@ from landmark.data.datasets import (
 )
 
 log = logging.getLogger(__name__)
+KD_TAU = 2.0  # distillation temperature: both distributions softened by it (Hinton et al.)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = -1  # -1: auto (see resolve_workers)
     augment_on: str = "auto"  # auto | loader | device: where photos are augmented
+    distill_weight: float = 0.5  # with a teacher: its soft targets' share of the loss
     seed: int = 0
 
 
@@ -136,7 +138,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, num_classes: int, cfg: TrainConfig,
-                 out_dir: str | Path) -> None:
+                 out_dir: str | Path, teacher: nn.Module | None = None) -> None:
         self.cfg, self.num_classes, self.out = cfg, num_classes, Path(out_dir)
         self.class_weights: Tensor | None = None  # balance "loss" sets them in fit
         self.device = resolve_device(cfg.device)
@@ -144,6 +146,7 @@ class Trainer:
         self.dtype = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.net: nn.Module = self.model
+        self.teacher = teacher.to(self.device) if teacher is not None else None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -233,7 +236,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                 enabled=self.dtype is not None):
                 out = self.net(x).float()
-            loss = self._loss(out, target, n_known)
+                soft = self.teacher(x) if self.teacher is not None else None
+            loss = self._loss(out, target, n_known, soft)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
@@ -259,10 +263,13 @@ class Trainer:
             x = torch.cat([mixed, x[n_known:]])
         return x, target, n_known
 
-    def _loss(self, out: Tensor, target: Tensor, n_known: int) -> Tensor:
+    def _loss(self, out: Tensor, target: Tensor, n_known: int,
+              teacher: Tensor | None = None) -> Tensor:
         """Cross-entropy on labelled rows; on outlier rows, cfg.outlier_weight x the
         cross-entropy to the uniform distribution (outlier exposure, Hendrycks et al.
-        2019): the network learns to spread its belief on places it does not know."""
+        2019): the network learns to spread its belief on places it does not know. With
+        the teacher's logits for the batch, cfg.distill_weight of the loss is the KL
+        divergence to its distribution on every row, both softened by KD_TAU."""
         loss = out.new_zeros(())
         if n_known:
             weight = None if self.class_weights is None else self.class_weights.to(out.device)
@@ -270,6 +277,11 @@ class Trainer:
                                    label_smoothing=self.cfg.label_smoothing)
         if n_known < len(out):
             loss = loss - self.cfg.outlier_weight * out[n_known:].log_softmax(1).mean()
+        if teacher is not None:
+            kd = F.kl_div((out / KD_TAU).log_softmax(1), (teacher / KD_TAU).log_softmax(1),
+                          reduction="batchmean", log_target=True) * KD_TAU ** 2
+            w = self.cfg.distill_weight
+            loss = (1 - w) * loss + w * kd
         return loss
 
     def _end_epoch(self, row: dict) -> None:

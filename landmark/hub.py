@@ -108,7 +108,10 @@ def model_card(meta: dict, report: dict, repo_id: str, figures: list[str]) -> st
         extra = ", ".join(seen["extra_train"]) or "none"
         lines += ["", "## Training data", "", f"{seen['train_photos']} training and "
                   f"{seen['val_photos']} validation photos from `{seen['dataset']}`; extra "
-                  f"training folders: {extra}; class balance: {seen['balance']}."]
+                  f"training folders: {extra}; class balance: {seen['balance']}." + "".join(
+                      f" {what} `{seen[key]}`." for key, what in (
+                          ("initialised_from", "Started from the weights of"),
+                          ("teacher", "Distilled from")) if seen.get(key))]
     lines += ["", *[f"![{f}]({f})" for f in figures], "", "## Training command", "",
               "```bash", meta.get("command", "(unknown)"), "```", ""]
     return "\n".join(lines)

@@ -184,11 +184,13 @@ def test_efficientnet_embeds_gem_of_its_last_blocks_and_keeps_its_probabilities(
 
 
 def test_files_written_before_the_descriptor_rebuild_with_their_probabilities() -> None:
-    """models/scratch.pt keeps the older layout (the network itself as `features`);
-    train.reexport still rebuilds it exactly."""
-    from landmark.resolve import MODELS_DIR
+    """tests/data/older_layout.pt was written by the exporter of commit 5fce222^ (the
+    network itself as `features`, as in files already on the Hub); train.reexport still
+    rebuilds it exactly."""
     from train.reexport import rebuild
-    net, preset, exp = rebuild(MODELS_DIR / "scratch.pt")
+    old = Path(__file__).parent / "data" / "older_layout.pt"
+    assert not hasattr(load_exported(old).module.features, "net")  # the older layout
+    net, preset, exp = rebuild(old)
     meta = exp.metadata
     x = _photo(2)[None]
     with torch.no_grad():

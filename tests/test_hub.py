@@ -215,3 +215,15 @@ def test_push_of_a_non_model_is_one_clear_line(tmp_path: Path, kind: str) -> Non
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "error:" in res.stderr and ("no such model file" if kind == "missing" else
                                        "not an exported model file") in res.stderr
+
+
+def test_the_card_says_where_a_model_started_and_who_taught_it() -> None:
+    from landmark.hub import model_card
+    seen = {"train_photos": 1396, "val_photos": 157, "dataset": "data", "extra_train": [],
+            "balance": "none", "initialised_from": "runs/scratch_h200.pt",
+            "teacher": "models/transfer.pt"}
+    card = model_card({"training_data": seen}, {}, "me/landmarks", [])
+    assert "Started from the weights of `runs/scratch_h200.pt`." in card
+    assert "Distilled from `models/transfer.pt`." in card
+    assert "Distilled" not in model_card({"training_data": {**seen, "teacher": None}}, {},
+                                         "me/landmarks", [])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from landmark import checkpoint
 from landmark.data import TensorImageDataset, scan_split
@@ -15,7 +16,7 @@ from landmark.data.cache import cached_split
 from landmark.engine import TrainConfig, Trainer, predict
 from landmark.export import load_exported
 from landmark.models import create_model
-from landmark.presets import eval_transform, train_transform
+from landmark.presets import Preset, eval_transform, train_transform
 from tests.conftest import REPO, real_photos
 
 
@@ -334,14 +335,14 @@ def test_extra_photos_train_but_never_validate(tiny_data: Path, tiny_model: Path
     out = tmp_path / "run"
     res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--epochs", "1",
                "--batch-size", "8", "--workers", "0", "--extra-train", str(extra),
-               "--balance", "sampler", "--init", str(tiny_model), "--output", str(out),
-               "--cache-dir", str(tmp_path / "cache"))
+               "--balance", "sampler", "--init", str(tiny_model), "--teacher", str(tiny_model),
+               "--output", str(out), "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode == 0, res.stderr[-2000:]
     val = json.loads((out / "val_outputs.json").read_text())["paths"]
     assert val and not [p for p in val if "extra_" in p]
     seen = load_exported(out / "scratch.pt").metadata["training_data"]
     assert seen["extra_train"] == [str(extra)] and seen["balance"] == "sampler"
-    assert seen["initialised_from"] == str(tiny_model)
+    assert seen["initialised_from"] == seen["teacher"] == str(tiny_model)
     assert seen["train_photos"] + seen["val_photos"] == 16 + 8
     assert seen["train_per_class"]["03.Eiffel_Tower"] == seen["train_per_class"][
         "11.Niagara_Falls"] + 4
@@ -370,6 +371,53 @@ def test_init_from_another_network_is_one_clear_line(tiny_data: Path, tiny_model
                "--cache-dir", str(tmp_path / "cache"))
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert expected in res.stderr
+
+
+def test_a_teacher_scores_the_students_views_as_its_own_file_would(tiny_model: Path) -> None:
+    """The student's views are normalised for the student; the teacher normalises them
+    again for itself, so it gives the logits its own network gives the same pixels."""
+    from train.distill import Teacher
+    from train.reexport import rebuild
+    net, preset, exp = rebuild(tiny_model)
+    student = Preset(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert student.mean != preset.mean
+    pixels = torch.rand(2, 3, preset.crop_size, preset.crop_size,
+                        generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (preset.mean, preset.std))
+    with torch.no_grad():
+        own = net((pixels - mean) / std)
+    got = Teacher(tiny_model, student, exp.classes)((pixels - 0.5) / 0.25)
+    assert torch.allclose(got, own, atol=1e-5)
+
+
+def test_a_student_follows_its_teacher_by_the_distill_weight(tmp_path: Path) -> None:
+    """Every label says class 0 and the teacher says class 1: with the whole loss on the
+    teacher the student learns class 1, with none of it class 0."""
+    class Says(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[-4.0, 4.0]]).expand(len(x), 2)
+
+    images = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    ds = TensorImageDataset(images, torch.zeros(16, dtype=torch.long), lambda x: x.float() / 255)
+    learned = {}
+    for weight in (0.0, 1.0):
+        cfg = TrainConfig(epochs=15, batch_size=8, lr=1e-2, warmup_epochs=0, workers=0,
+                          distill_weight=weight, precision="fp32")
+        trainer = Trainer(create_model("tiny_cnn", 2), 2, cfg, tmp_path / str(weight), Says())
+        trainer.fit(ds, ds)
+        with torch.no_grad():
+            learned[weight] = trainer.model.eval()(images.float() / 255).argmax(1)
+    assert (learned[0.0] == 0).all() and (learned[1.0] == 1).all()
+
+
+def test_a_teacher_over_other_classes_is_one_clear_line(tiny_data: Path, tmp_path: Path,
+                                                        ) -> None:
+    res = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--teacher",
+               str(REPO / "models" / "scratch.pt"), "--epochs", "1", "--workers", "0",
+               "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "--teacher" in res.stderr and "its 19 classes are not the 2 classes" in res.stderr
 
 
 def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> None:

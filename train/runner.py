@@ -39,6 +39,7 @@ from landmark.export import export_model
 from landmark.metrics import per_class_rows
 from landmark.presets import Preset, eval_transform, train_transform
 from train.assess import Settings, ValOutputs, assess
+from train.distill import Teacher
 
 log = logging.getLogger("train")
 VAL_OUTPUTS = "val_outputs.json"  # what train.crossval pools across folds
@@ -54,6 +55,7 @@ HELP = {
                   "box's CPU cores cannot keep up, else loader)",
     "balance": "even out classes of unequal size: none; sampler (every class drawn equally "
                "often); loss (cross-entropy weighted by inverse class size)",
+    "distill_weight": "with --teacher: the share of the loss that follows the teacher",
 }
 
 
@@ -97,6 +99,10 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
                    help="start from the weights of an exported model file of the same "
                         "architecture and classes (e.g. models/scratch.pt), to go on training "
                         "it on more data; pair with a lower --lr and fewer --epochs")
+    t.add_argument("--teacher", type=Path, default=None, metavar="MODEL.pt",
+                   help="distil an exported model file over the same classes (e.g. "
+                        "models/transfer.pt) into this network: it scores every training "
+                        "view and --distill-weight of the loss follows it")
     o = p.add_argument_group("output")
     o.add_argument("--output", type=Path, default=Path("runs") / name,
                    help="run folder: checkpoints, metrics.csv (default %(default)s)")
@@ -339,7 +345,8 @@ def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dic
             "train_per_class": dict(zip(data["train"].classes, counts, strict=True)),
             "outlier_photos": len(data["outliers"].labels) if "outliers" in data else 0,
             "outlier_skip": [str(p) for p in args.outlier_skip],
-            "initialised_from": str(args.init) if args.init else None}
+            "initialised_from": str(args.init) if args.init else None,
+            "teacher": str(args.teacher) if args.teacher else None}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
@@ -370,7 +377,8 @@ def fit_images(args: argparse.Namespace, model: nn.Module, data: dict[str, Cache
                cfg: TrainConfig) -> tuple[nn.Module, list[dict], dict]:
     """Train every trainable weight on augmented photos; keep the best validation epoch."""
     preset = model.preset
-    trainer = Trainer(model, len(data["train"].classes), cfg, args.output)
+    teacher = Teacher(args.teacher, preset, data["train"].classes) if args.teacher else None
+    trainer = Trainer(model, len(data["train"].classes), cfg, args.output, teacher)
     augment = train_transform(preset)
     on_device = trainer.augments_on_device()
     train = with_outliers(data, lambda d: TensorImageDataset(

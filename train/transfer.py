@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("--strategy %s trains on cached fp32 features: --precision auto means fp32",
                  args.strategy)
         args.precision = "fp32"
+    if args.teacher and args.strategy != "finetune":
+        raise SystemExit("error: --teacher needs --strategy finetune: the other strategies "
+                         "train on cached features, which a teacher cannot score")
     if args.model not in OFFLINE and not args.weights and not hub_reachable():
         raise SystemExit(f"error: {unavailable(args.model, 'the Hub cannot be reached')}")
     from landmark.data import DatasetError, scan_split
