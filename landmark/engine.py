@@ -1,6 +1,7 @@
 """The one training loop: AdamW, warmup + cosine, label smoothing, mixup/cutmix, outlier
-exposure, AMP, early stopping, atomic per-epoch checkpoints with resume, optional DDP. Used by every
-training entry point (train.scratch, train.transfer)."""
+exposure, distillation from a teacher, AMP, early stopping, atomic per-epoch checkpoints
+with resume, optional DDP. Used by every training entry point (train.scratch,
+train.transfer)."""
 
 from __future__ import annotations
 
