@@ -87,7 +87,8 @@ def scale_rows(dim: int, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)) -
             with one_thread():
                 found = index.search(queries, 1)[1][:, 0]
             (p50, p95), = timed(lambda q=queries, i=index: search_one(i, q[:1]), n=100)
-            size = n * dim * 4 + (n * 8 + ivf_lists(n) * dim * 4 if "IVF" in kind else 0)
+            lists = index.nlist if isinstance(index, faiss.IndexIVF) else 0
+            size = n * dim * 4 + (n * 8 + lists * dim * 4 if lists else 0)
             rows.append(f"| {n:,} | {kind}{' (served)' * (kind != 'exact' or n <= EXACT_MAX)}"
                         f" | {seconds:.1f} | {p50:.2f} | {p95:.2f} | "
                         f"{np.mean(found == picked):.3f} | {size / 2**20:,.0f} |")
@@ -130,8 +131,7 @@ def add_and_tag(predictor: Predictor, places_dir: Path, photo: Path) -> tuple[fl
         gen = np.random.default_rng(0)
         for i in tqdm(range(BIG_PLACES), desc="synthetic places", unit="place"):
             v = gen.standard_normal((MAX_PHOTOS, dim), dtype=np.float32)
-            store.save_vectors(store.add(f"Synthetic {i}", [], None), key,
-                               v / np.linalg.norm(v, axis=1, keepdims=True))
+            store.save_vectors(store.add(f"Synthetic {i}", [], None), key, unit(v))
         predictor.tag(photo, 3, store)  # builds the index once, as the first tag does
         return seconds, timed(lambda: predictor.tag(photo),
                               lambda: predictor.tag(photo, 3, store), n=60)

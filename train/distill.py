@@ -24,11 +24,8 @@ class Teacher(nn.Module):
 
     def __init__(self, path: Path, student: Preset, classes: list[str]) -> None:
         super().__init__()
-        from train.reexport import rebuild  # the one way back from a model file
-        try:
-            net, preset, exp = rebuild(path)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            sys.exit(f"error: --teacher {path}: not a readable model file ({str(e)[:200]})")
+        from train.reexport import rebuild_or_exit  # the one way back from a model file
+        net, preset, exp = rebuild_or_exit(path, "--teacher")
         if exp.classes != classes:
             sys.exit(f"error: --teacher {path}: its {len(exp.classes)} classes are not the "
                      f"{len(classes)} classes of --data, in the same order")

@@ -63,6 +63,15 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
     return net, preset, exp
 
 
+def rebuild_or_exit(path: Path, flag: str) -> tuple[nn.Module, Preset, Exported]:
+    """`rebuild(path)` for a training option (`flag`) naming a model file: a file that is
+    not one stops the run with one line."""
+    try:
+        return rebuild(path)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        sys.exit(f"error: {flag} {path}: not a readable model file ({str(e)[:200]})")
+
+
 def fit_projection(path: Path, photos: list[Path], k: int) -> Tensor:
     """(D, k): the leading k right singular vectors of the file's unprojected embeddings
     of `photos`, decoded as the app decodes them."""

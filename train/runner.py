@@ -273,11 +273,8 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
 def init_from(model: nn.Module, path: Path, classes: list[str]) -> None:
     """Load an exported model file's weights into `model`, refusing another architecture
     or class list by name (a shape error would say neither)."""
-    from train.reexport import rebuild  # the one way back from a model file to a network
-    try:
-        net, _, exp = rebuild(path)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        sys.exit(f"error: --init {path}: not a readable model file ({str(e)[:200]})")
+    from train.reexport import rebuild_or_exit  # the one way back from a model file
+    net, _, exp = rebuild_or_exit(path, "--init")
     arch = getattr(model, "arch", None)
     if exp.metadata.get("architecture") != arch or exp.classes != classes:
         sys.exit(f"error: --init {path}: a {exp.metadata.get('architecture')} over "

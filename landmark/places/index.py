@@ -116,10 +116,9 @@ class PlaceIndex:
 
     def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place]) -> None:
         self.places, self.owners = places, owners
-        d = vectors.shape[1] if vectors.ndim == 2 else 1
         self.index = vector_index(vectors)
-        self.prototypes = np.zeros((int(owners.max()) + 1 if len(owners) else 0, d),
-                                   np.float32)
+        self.prototypes = np.zeros((int(owners.max()) + 1 if len(owners) else 0,
+                                    self.index.d), np.float32)
         if len(vectors):
             np.add.at(self.prototypes, owners, vectors)
             self.prototypes /= np.maximum(
