@@ -86,8 +86,9 @@ class Predictor:
 
     def taught(self, store: PlaceStore) -> PlaceIndex:
         """The index of `store`'s places under this model, rebuilt when the store changes
-        (the last TAUGHT_CACHE stores are kept); a place this model has not embedded yet
-        is embedded from its kept photos."""
+        (keeping the old index's IVF lists while they suit; the last TAUGHT_CACHE stores
+        are kept); a place this model has not embedded yet is embedded from its kept
+        photos."""
         stamp = store.version()  # before reading, so a write in between rebuilds again
         with self._lock:
             hit = self._taught.get(store.root)
@@ -99,7 +100,7 @@ class Predictor:
                                         or [np.zeros(0, int)])
                 dim = int(self.metadata.get("embedding_dim", 1))
                 stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-                hit = (stamp, PlaceIndex(stacked, owners, places))
+                hit = (stamp, PlaceIndex(stacked, owners, places, hit[1] if hit else None))
                 self._taught[store.root] = hit
             self._taught.move_to_end(store.root)
             while len(self._taught) > TAUGHT_CACHE:
