@@ -293,7 +293,7 @@ def train_or_load(args: argparse.Namespace, model: nn.Module, data: dict[str, Ca
     start = time.time()
     net, history, info = fit(args, model, data, cfg)
     ran = {"command": command, "train_seconds": round(time.time() - start),
-           "device": info.get("device")}
+           "device": info.get("device"), **started_from(args)}
     if info.get("rank", 0) == 0:
         (args.output / "run.json").write_text(json.dumps(ran, indent=2))
     return Trained(net, history, info, ran)
@@ -312,7 +312,7 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "metrics": headline_metrics(report),
                 "reject_threshold": settings.reject_threshold,
-                "training_data": training_data(args, data),
+                "training_data": training_data(args, data, trained.run),
                 "open_set": report.get("open_set", {}).get("shipped"),
                 "train_config": vars(cfg)}
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
@@ -330,10 +330,17 @@ def headline_metrics(report: dict) -> dict:
             for s in ("val", "test") if s in report}
 
 
-def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dict:
+def started_from(args: argparse.Namespace) -> dict:
+    """The model files a run started from (--init) and learnt from (--teacher)."""
+    return {"initialised_from": str(args.init) if args.init else None,
+            "teacher": str(args.teacher) if args.teacher else None}
+
+
+def training_data(args: argparse.Namespace, data: dict[str, CachedSplit], run: dict) -> dict:
     """Which photos the model saw: the dataset, any extra training folders, the balance,
-    the photos per class that trained it, and the unknown photos trained on as outliers
-    (with the places whose photos were left out of them)."""
+    the photos per class that trained it, the unknown photos trained on as outliers
+    (with the places whose photos were left out of them), and the model files it started
+    from and learnt from, as the run recorded them (`run`, so --export-only keeps them)."""
     counts = torch.bincount(data["train"].labels[data["train"].labels >= 0],
                             minlength=len(data["train"].classes)).tolist()
     return {"dataset": str(args.data), "extra_train": [str(p) for p in args.extra_train],
@@ -342,8 +349,7 @@ def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dic
             "train_per_class": dict(zip(data["train"].classes, counts, strict=True)),
             "outlier_photos": len(data["outliers"].labels) if "outliers" in data else 0,
             "outlier_skip": [str(p) for p in args.outlier_skip],
-            "initialised_from": str(args.init) if args.init else None,
-            "teacher": str(args.teacher) if args.teacher else None}
+            **{k: run.get(k, v) for k, v in started_from(args).items()}}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
