@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -192,8 +193,9 @@ def test_ivf_past_the_exact_size_finds_the_same_places(monkeypatch: pytest.Monke
 def test_a_store_change_keeps_the_ivf_lists_while_they_suit(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Training the lists was most of a rebuild (1e5 1840-d vectors: 6.9 s of 8), paid at
-    the first tag after every change. The lists now carry over to the next index while
-    the store keeps their size and mostly the places they were trained on."""
+    the first tag after every change, and filing every vector again most of the rest.
+    The lists now carry over to the next index while the store keeps their size and
+    mostly the places they were trained on, and so do the list numbers of kept places."""
     monkeypatch.setattr(place_index, "EXACT_MAX", 1000)
     gen = np.random.default_rng(0)
 
@@ -208,9 +210,15 @@ def test_a_store_change_keeps_the_ivf_lists_while_they_suit(
     first = PlaceIndex(vectors, owners, old)
     assert first.lists is not None and first.lists.centroids.ntotal == first.index.nlist == 64
     new = unit(10)
-    added = PlaceIndex(np.vstack([vectors, new]), np.r_[owners, np.full(10, 300)],
-                       [*old, Place("New", "new", 10, None)], first)
+    more = [*old, Place("New", "new", 10, None)]
+    added = PlaceIndex(np.vstack([vectors, new]), np.r_[owners, np.full(10, 300)], more, first)
     assert added.lists is first.lists
+    # the photos of places it held keep their list numbers; only the new ones are filed
+    kept = place_index.carried(first, added.owners, more)
+    assert (kept[:3000] == first.assigned).all() and (kept[3000:] == -1).all()
+    assert (added.assigned >= 0).all() and (added.assigned[:3000] == first.assigned).all()
+    retaught = [replace(old[0], added="later"), *old[1:]]  # same name, other photos
+    assert (place_index.carried(first, owners, retaught)[:10] == -1).all()
     del first  # the old index goes; the lists it trained stay with the new one
     assert (added.best(new).place == 300).all()
     assert (added.best(vectors[::100]).place == owners[::100]).all()
@@ -296,7 +304,6 @@ def test_a_place_within_the_margin_ranks_below_the_winning_class(
     """A taught place more confident than the model's class, but not by the margin, loses:
     the class leads the record and is named with its own facts (this used to crash batch
     tagging, which looked up the place's missing class)."""
-    from dataclasses import replace
     place = Place("Look-alike Tower", "look-alike-tower", 3, None)
     emb = np.eye(4, dtype=np.float32)
     index = PlaceIndex(emb[:1], np.zeros(1, int), [place])

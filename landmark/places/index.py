@@ -12,6 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from faiss.contrib.ivf_tools import add_preassigned
 
 from landmark.places.store import Place
 
@@ -57,27 +58,34 @@ def ivf_lists(n: int) -> int:
 
 
 def vector_index(vectors: np.ndarray, centroids: faiss.IndexFlat | None = None,
-                 ) -> faiss.Index:
+                 assigned: np.ndarray | None = None) -> faiss.Index:
     """A FAISS inner-product index holding `vectors` (N, D): exact up to EXACT_MAX, IVF
     beyond. IVF files the vectors into the lists of `centroids` when they are as many as
     `ivf_lists` asks (trained before: `TrainedLists`), else trains new lists by k-means
     on at most 64 vectors a list, which bounds a rebuild (1e5 1840-d vectors: seconds,
-    where HNSW's graph took 80 s)."""
+    where HNSW's graph took 80 s). `assigned` (N,) gives vectors' list numbers where
+    known, -1 elsewhere; the rest are found and written into it, for the next index."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d = vectors.shape[1] if vectors.ndim == 2 else 1
     if len(vectors) <= EXACT_MAX:
         index = faiss.IndexFlatIP(d)
-    else:
-        lists = ivf_lists(len(vectors))
-        if centroids is None or centroids.ntotal != lists:  # never retrain shared lists
-            centroids = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(centroids, d, lists, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.cp.max_points_per_centroid = 64
-            index.train(vectors)
-        index.nprobe = PROBES
-    if len(vectors):
-        index.add(vectors)
+        if len(vectors):
+            index.add(vectors)
+        return index
+    lists = ivf_lists(len(vectors))
+    if centroids is None or centroids.ntotal != lists:  # never retrain shared lists
+        centroids = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(centroids, d, lists, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.cp.max_points_per_centroid = 64
+        index.train(vectors)
+    index.nprobe = PROBES
+    if assigned is None:
+        assigned = np.full(len(vectors), -1, np.int64)
+    todo = np.flatnonzero(assigned < 0)
+    if len(todo):  # comparing each vector with every centroid is most of filing it
+        assigned[todo] = centroids.search(vectors[todo], 1)[1][:, 0]
+    add_preassigned(index, vectors, assigned)
     return index
 
 
@@ -146,13 +154,33 @@ def prototypes(vectors: np.ndarray, owners: np.ndarray, d: int) -> np.ndarray:
     return torch.nn.functional.normalize(sums, dim=1, eps=1e-12).numpy()
 
 
+def carried(previous: PlaceIndex, owners: np.ndarray, places: list[Place]) -> np.ndarray:
+    """Each vector's list number in `previous` where its place is there unchanged (the
+    same record, as many vectors), else -1: only the others need filing anew."""
+    out = np.full(len(owners), -1, np.int64)
+    theirs, mine = groups(previous.owners, len(previous.places)), groups(owners, len(places))
+    where = {p: j for j, p in enumerate(previous.places)}
+    for i, place in enumerate(places):
+        j = where.get(place)
+        if j is not None and len(mine[i]) == len(theirs[j]):
+            out[mine[i]] = previous.assigned[theirs[j]]
+    return out
+
+
+def groups(owners: np.ndarray, n: int) -> list[np.ndarray]:
+    """The positions of each owner's vectors, for owners 0..n-1, in one sort."""
+    order = np.argsort(owners, kind="stable")
+    return np.split(order, np.searchsorted(owners[order], np.arange(1, n)))
+
+
 class PlaceIndex:
     """Every taught photo's embedding in a FAISS index (`vector_index`), and each place's
     prototype: the normalised mean of its photos. `best` scores the places among a
     query's NEIGHBOURS nearest taught photos by the mean of two cosines, to the place's
     nearest photo and to its prototype (on new_places, 5 shots: top-1 0.662 by the
     nearest photo alone, 0.698 with both). Built with the index it replaces
-    (`previous`), it keeps that index's IVF lists while they suit (`TrainedLists`)."""
+    (`previous`), it keeps that index's IVF lists while they suit (`TrainedLists`), and
+    the list numbers of the photos of places it still holds (`carried`)."""
 
     def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place],
                  previous: PlaceIndex | None = None) -> None:
@@ -160,7 +188,9 @@ class PlaceIndex:
         lists = previous.lists if previous is not None else None
         if lists is not None and not lists.suit(owners, places):
             lists = None
-        self.index = vector_index(vectors, lists.centroids if lists else None)
+        self.assigned = (carried(previous, owners, places) if lists else
+                         np.full(len(owners), -1, np.int64))
+        self.index = vector_index(vectors, lists.centroids if lists else None, self.assigned)
         if lists is None and isinstance(self.index, faiss.IndexIVF):
             lists = TrainedLists(faiss.clone_index(self.index.quantizer),
                                  frozenset(p.slug for p in places))
