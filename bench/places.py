@@ -231,7 +231,8 @@ def main() -> None:
               f"{BIG_PLACES * MAX_PHOTOS:,} stored vectors ({BIG_PLACES:,} places of "
               f"{MAX_PHOTOS}, the most a place may have), the two taking turns call by call. "
               "The first tag over that store builds its index (IVF lists trained); the "
-              "first after one more place is added builds it again in the same lists:",
+              "first after one more place is added builds it again in the same lists, "
+              "filing only the new place's photos anew:",
               "",
               "| model | add 10 photos (s) | tag, no places | tag, "
               f"{BIG_PLACES * MAX_PHOTOS:,} vectors in {BIG_PLACES:,} places | change | "
@@ -242,7 +243,8 @@ def main() -> None:
         lines += ["", f"Index scale, {dim}-d synthetic unit vectors, one query at a time "
                   "on one thread, as a tag searches (FAISS). Recall@1: of 200 stored vectors "
                   "perturbed to a cosine of about 0.89, the share found first. Memory: the "
-                  "vectors, plus the IVF's ids and list centroids:", "",
+                  "vectors, plus the IVF's ids and list centroids. Rebuild: every vector filed "
+                  "again into the trained lists:", "",
                   "| vectors | index | build (s) | rebuild in its lists (s) | p50 (ms) | "
                   "p95 (ms) | recall@1 | index MB |",
                   "|---|---|---|---|---|---|---|---|", *scale_rows(dim)]
