@@ -346,13 +346,25 @@ def test_extra_photos_train_but_never_validate(tiny_data: Path, tiny_model: Path
     assert seen["train_photos"] + seen["val_photos"] == 16 + 8
     assert seen["train_per_class"]["03.Eiffel_Tower"] == seen["train_per_class"][
         "11.Niagara_Falls"] + 4
-    # exported again from the run folder, without naming them, it still records them
-    again = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--extra-train", str(extra),
-                 "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
-                 "--export-only", "--export", str(tmp_path / "again.pt"))
+    # exported again from the run folder without the training options, it records them
+    again = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--export-only",
+                 "--export", str(tmp_path / "again.pt"))
     assert again.returncode == 0, again.stderr[-2000:]
     kept = load_exported(tmp_path / "again.pt").metadata["training_data"]
-    assert kept["initialised_from"] == kept["teacher"] == str(tiny_model)
+    assert kept == seen
+    # the folder moved (a run copied from a GPU box): one clear line, then its path here
+    moved = extra.rename(tmp_path / "moved")
+    lost = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output", str(out),
+                "--cache-dir", str(tmp_path / "cache"), "--export-only")
+    assert lost.returncode != 0 and "Traceback" not in lost.stderr
+    assert f"trained with --extra-train {extra}, which is not here" in lost.stderr
+    here = _cli("--data", str(tiny_data), "--model", "tiny_cnn", "--output", str(out),
+                "--cache-dir", str(tmp_path / "cache"), "--export-only", "--extra-train",
+                str(moved), "--export", str(tmp_path / "here.pt"))
+    assert here.returncode == 0, here.stderr[-2000:]
+    assert load_exported(tmp_path / "here.pt").metadata["training_data"]["train_per_class"] \
+        == seen["train_per_class"]
 
 
 def test_init_starts_from_an_exported_models_weights(tiny_model: Path) -> None:

@@ -114,7 +114,9 @@ def add_common_args(p: argparse.ArgumentParser, defaults: TrainConfig, name: str
     o.add_argument("--export-only", action="store_true",
                    help="skip training: calibrate, evaluate and export the weights in "
                         "OUTPUT/best.pt (a finished run, or a run folder copied from a GPU "
-                        "box); OUTPUT/run.json, when present, supplies the training command")
+                        "box); OUTPUT/run.json, when present, supplies the training command and "
+                        "the options it trained with (--init, --teacher, --balance, and "
+                        "--extra-train and --outlier-skip unless given)")
     o.add_argument("--tta", choices=["auto", "on", "off"], default="auto",
                    help="flip test-time augmentation inside the export; auto: keep it only if "
                         "it helps on validation")
@@ -239,6 +241,8 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
     log.info("%s", command)
     given = given_threshold(args.threshold_from)  # a bad file fails now, not after training
     model.preset = replace(model.preset, degrade=args.degrade)
+    if args.export_only:
+        adopt_run_options(args)
     try:
         data = load_splits(args, model.preset)
     except DatasetError as e:
@@ -293,7 +297,7 @@ def train_or_load(args: argparse.Namespace, model: nn.Module, data: dict[str, Ca
     start = time.time()
     net, history, info = fit(args, model, data, cfg)
     ran = {"command": command, "train_seconds": round(time.time() - start),
-           "device": info.get("device"), **started_from(args)}
+           "device": info.get("device"), **run_options(args)}
     if info.get("rank", 0) == 0:
         (args.output / "run.json").write_text(json.dumps(ran, indent=2))
     return Trained(net, history, info, ran)
@@ -312,7 +316,7 @@ def export_and_report(args: argparse.Namespace, name: str, model: nn.Module, cfg
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "metrics": headline_metrics(report),
                 "reject_threshold": settings.reject_threshold,
-                "training_data": training_data(args, data, trained.run),
+                "training_data": training_data(args, data),
                 "open_set": report.get("open_set", {}).get("shipped"),
                 "train_config": vars(cfg)}
     samples = [img.float() / 255.0 for img in data["val"].images[:4]]
@@ -330,26 +334,48 @@ def headline_metrics(report: dict) -> dict:
             for s in ("val", "test") if s in report}
 
 
-def started_from(args: argparse.Namespace) -> dict:
-    """The model files a run started from (--init) and learnt from (--teacher)."""
+def run_options(args: argparse.Namespace) -> dict:
+    """What run.json keeps of how a run trained, beyond its command: the model files it
+    started from (--init) and learnt from (--teacher), and the data options that changed
+    which photos it saw. --export-only reads them back (`adopt_run_options`)."""
     return {"initialised_from": str(args.init) if args.init else None,
-            "teacher": str(args.teacher) if args.teacher else None}
+            "teacher": str(args.teacher) if args.teacher else None,
+            "extra_train": [str(p) for p in args.extra_train], "balance": args.balance,
+            "outlier_skip": [str(p) for p in args.outlier_skip]}
 
 
-def training_data(args: argparse.Namespace, data: dict[str, CachedSplit], run: dict) -> dict:
-    """Which photos the model saw: the dataset, any extra training folders, the balance,
-    the photos per class that trained it, the unknown photos trained on as outliers
-    (with the places whose photos were left out of them), and the model files it started
-    from and learnt from, as the run recorded them (`run`, so --export-only keeps them)."""
+def adopt_run_options(args: argparse.Namespace) -> None:
+    """With --export-only, take what OUTPUT/run.json recorded, so the export says what
+    trained the model without the training command given again: --init, --teacher and
+    --balance always; --extra-train and --outlier-skip unless given (their paths may differ
+    on this machine). A recorded folder that is not here is one clear error."""
+    path = args.output / "run.json"
+    ran = json.loads(path.read_text()) if path.is_file() else {}
+    args.init = Path(ran["initialised_from"]) if ran.get("initialised_from") else args.init
+    args.teacher = Path(ran["teacher"]) if ran.get("teacher") else args.teacher
+    args.balance = ran.get("balance", args.balance)
+    for name in ("extra_train", "outlier_skip"):
+        if getattr(args, name) or not ran.get(name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        missing = [p for p in ran[name] if not Path(p).is_dir()]
+        if missing:
+            sys.exit(f"error: {path} says the run trained with {flag} {missing[0]}, which is "
+                     f"not here; pass {flag} with that folder's path on this machine")
+        setattr(args, name, [Path(p) for p in ran[name]])
+
+
+def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dict:
+    """Which photos the model saw: the dataset, the photos per class that trained it, the
+    unknown photos trained on as outliers, and the run's options (`run_options`: extra
+    folders, balance, the places left out of the outliers, --init and --teacher)."""
     counts = torch.bincount(data["train"].labels[data["train"].labels >= 0],
                             minlength=len(data["train"].classes)).tolist()
-    return {"dataset": str(args.data), "extra_train": [str(p) for p in args.extra_train],
-            "balance": args.balance, "train_photos": len(data["train"].labels),
+    return {"dataset": str(args.data), "train_photos": len(data["train"].labels),
             "val_photos": len(data["val"].labels),
             "train_per_class": dict(zip(data["train"].classes, counts, strict=True)),
             "outlier_photos": len(data["outliers"].labels) if "outliers" in data else 0,
-            "outlier_skip": [str(p) for p in args.outlier_skip],
-            **{k: run.get(k, v) for k, v in started_from(args).items()}}
+            **run_options(args)}
 
 
 def given_threshold(path: Path | None) -> tuple[float, str] | None:
