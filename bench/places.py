@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import faiss
 import numpy as np
@@ -48,6 +49,7 @@ from train import places as protocol
 SHOTS = (1, 3, 5, 10)
 BIG_PLACES = 5_000  # x MAX_PHOTOS = the 1e5 stored vectors of the latency target
 RESULTS = Path(__file__).parent / "results"
+T = TypeVar("T")
 
 
 def shots_curve(out: protocol.Outputs) -> dict[int, tuple[float, int]]:
@@ -83,9 +85,7 @@ def scale_rows(dim: int, sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)) -
             builds[f"IVF, {ivf_lists(n):,} lists, {PROBES} probed"] = \
                 lambda v=vectors: vector_index(v)
         for kind, build in builds.items():
-            start = time.perf_counter()
-            index = build()
-            took = time.perf_counter() - start
+            index, took = timed_call(build)
             with one_thread():
                 found = index.search(queries, 1)[1][:, 0]
             (p50, p95), = timed(lambda q=queries, i=index: search_one(i, q[:1]), n=100)
@@ -157,11 +157,16 @@ def add_and_tag(predictor: Predictor, places_dir: Path, photo: Path) -> Speed:
         return Speed(add, build, seconds(lambda: predictor.tag(photo, 3, store)), tag)
 
 
+def timed_call(fn: Callable[[], T]) -> tuple[T, float]:
+    """What one call of `fn` returns, and the seconds it took."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
 def seconds(fn: Callable[[], object]) -> float:
     """Seconds one call of `fn` takes."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return timed_call(fn)[1]
 
 
 def main() -> None:
