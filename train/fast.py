@@ -49,11 +49,13 @@ def smaller(preset: Preset, crop: int) -> Preset:
 
 def data_args(args: argparse.Namespace, meta: dict) -> argparse.Namespace:
     """The trainers' data options, with the seed and outlier exposure the model trained
-    with, so validation and the tuning unknown photos are the ones it never trained on."""
+    with, so validation and the tuning unknown photos are the ones it never trained on.
+    Nothing trains here, so no extra photos are decoded and no outlier is left out."""
     cfg = meta.get("train_config", {})
     return argparse.Namespace(data=args.data, val_fraction=args.val_fraction,
                               seed=cfg.get("seed", 0), fold=None, unknown=None,
-                              extra_train=[], no_cache=False, cache_dir=args.cache_dir,
+                              extra_train=[], outlier_skip=[], no_cache=False,
+                              cache_dir=args.cache_dir,
                               outlier_weight=cfg.get("outlier_weight", 0.0))
 
 
