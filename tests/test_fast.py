@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from landmark.calibration import calibrated_softmax
-from landmark.data import load_image
+from landmark.data import default_val_split, load_image
 from landmark.data.imageio import to_tensor
 from landmark.export import load_exported
+from landmark.predict import Predictor
 from landmark.presets import EvalPreprocess
 from tests.conftest import REPO, real_photos
 from train import fast
@@ -70,3 +74,33 @@ def test_bad_requests_are_one_clear_error(model_48: Path, tiny_data: Path, tmp_p
                       *args]) == 1
     assert "is frozen" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["frozen.pt"]
+
+
+def test_match_keeps_the_reference_models_share_of_known_photos(
+        model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from train.places import known_photos
+    extra = tmp_path / "extra"
+    for cls in ("03.Eiffel_Tower", "11.Niagara_Falls"):
+        (extra / "train" / cls).mkdir(parents=True)
+        for p in real_photos(cls, "train", 14)[8:]:  # photos tiny_data's model never saw
+            shutil.copy(p, extra / "train" / cls / p.name)
+    out = tmp_path / "fast.pt"
+    assert fast.main([str(model_48), "--crop-size", "40", "--data", str(tiny_data),
+                      "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                      "--match", str(model_48), "--known-extra", str(extra)]) == 0
+    ref, new = Predictor(model_48), Predictor(out)
+    ref_conf = known_photos(ref, tiny_data, [extra]).conf
+    new_conf = known_photos(new, tiny_data, [extra]).conf
+    assert len(new_conf) == 12 + len(default_val_split(tiny_data, new.classes).paths)
+    share = np.mean(ref_conf >= ref.reject_threshold)
+    kept = new_conf >= new.reject_threshold
+    assert kept.sum() == max(1, math.ceil(share * len(new_conf)))
+    assert new.reject_threshold in new_conf  # the lowest confidence still accepted
+    rule = json.loads((tmp_path / "fast.report.json").read_text())["open_set"]["rule"]
+    assert f"{model_48}'s share of known photos accepted" in rule
+
+
+def test_known_extra_needs_match(model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        fast.main([str(model_48), "--data", str(tiny_data), "--out", str(tmp_path / "f.pt"),
+                   "--known-extra", str(tiny_data)])

@@ -10,6 +10,12 @@ crop ratio. Temperature and reject threshold are chosen again at the new size, o
 validation split and the tuning half of unknown/ (the rule of the trainers; the test split
 is only reported). The export is frozen (`torch.jit.freeze`). Afterwards, choose how taught
 places compete at the new size: `python -m train.places OUT --write ...`.
+
+With `--match FLOAT.pt --known-extra ROOT`, the threshold is instead the one at which the
+fast file accepts the same share of known photos it never trained on (validation plus
+ROOT's) as FLOAT does at its own threshold: the float model's operating point, set on a
+pool far larger than validation's photos, for a file that must keep its known-accepted
+and unknown-rejected.
 """
 
 from __future__ import annotations
@@ -23,12 +29,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+from torch import nn
+
 from landmark.cli import add_data_arg
 from landmark.data import DatasetError
-from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.export import ExportError, export_model, projection_of
+from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit
+from landmark.export import Exported, ExportError, export_model, projection_of
+from landmark.predict import Predictor
 from landmark.presets import Preset
 from train.assess import assess
+from train.places import known_photos
 from train.reexport import rebuild
 from train.runner import headline_metrics, load_splits, setup_logging, write_report
 
@@ -64,8 +75,20 @@ def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
     net, preset, exp = rebuild(args.model)
     small = smaller(preset, args.crop_size)
     data = load_splits(data_args(args, exp.metadata), small)
+    report = export_fast(args, command, net, small, exp, data)
+    if args.match:
+        given = matched_threshold(args.out, args.match, args.data, args.known_extra)
+        report = export_fast(args, command, net, small, exp, data, given)
+    return args.out, report
+
+
+def export_fast(args: argparse.Namespace, command: str, net: nn.Module, small: Preset,
+                exp: Exported, data: dict[str, CachedSplit],
+                given: tuple[float, str] | None = None) -> dict:
+    """Calibrate `net` at the `small` preset, export it frozen to args.out and write its
+    report; the threshold is the trainers' rule's, or `given` (value, origin)."""
     report, settings = assess(net, small, data, "off", True, args.accept_known,
-                              exposure="outliers" in data)
+                              exposure="outliers" in data, given=given)
     meta = {k: v for k, v in exp.metadata.items() if k not in CONTRACT_KEYS}
     meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
                 date=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -77,7 +100,22 @@ def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
                  temperature=settings.temperature, background=settings.background,
                  freeze=True, projection=projection_of(exp))
     write_report(report, [], exp.classes, args.out)
-    return args.out, report
+    return report
+
+
+def matched_threshold(fast: Path, reference: Path, data: Path,
+                      extra: list[Path]) -> tuple[float, str]:
+    """(threshold, origin): where `fast` accepts the same share of known photos (the
+    validation split of `data` plus `extra`'s, decoded as the app decodes them) as
+    `reference` does at its own threshold."""
+    ref, new = Predictor(reference), Predictor(fast)
+    share = float(np.mean(known_photos(ref, data, extra).conf >= ref.reject_threshold))
+    conf = np.sort(known_photos(new, data, extra).conf)[::-1]
+    threshold = float(conf[max(1, math.ceil(share * len(conf))) - 1])
+    log.info("matched to %s: %.4f of %d known photos accepted -> threshold %.4f",
+             reference, share, len(conf), threshold)
+    return threshold, (f"{reference}'s share of known photos accepted ({share:.4f} of "
+                       f"{len(conf)}: validation + {', '.join(map(str, extra)) or 'none'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of validation photos the reject threshold keeps at least")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help="decoded-photo cache")
+    p.add_argument("--match", type=Path, default=None, metavar="FLOAT.pt",
+                   help="choose the reject threshold where the fast file accepts the same "
+                        "share of known photos as this model file does at its own (see "
+                        "--known-extra), instead of the trainers' rule")
+    p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
+                   help="with --match: more photos of the model's landmarks that neither file "
+                        "trained on (ROOT/train/NN.Class/*.jpg, e.g. "
+                        "../shared/data/landmark_extra); repeatable")
     args = p.parse_args(argv)
+    if args.known_extra and not args.match:
+        p.error("--known-extra needs --match")
     setup_logging()
     command = shlex.join(["python", "-m", "train.fast", *(argv or sys.argv[1:])])
     try:
