@@ -39,7 +39,7 @@ from landmark.export import Exported, ExportError, export_model, projection_of
 from landmark.predict import Predictor
 from landmark.presets import Preset
 from train.assess import assess
-from train.places import known_photos
+from train.places import add_known_extra_arg, known_photos
 from train.reexport import rebuild
 from train.runner import headline_metrics, load_splits, setup_logging, write_report
 
@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="choose the reject threshold where the fast file accepts the same "
                         "share of known photos as this model file does at its own (see "
                         "--known-extra), instead of the trainers' rule")
-    p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
-                   help="with --match: more photos of the model's landmarks that neither file "
-                        "trained on (ROOT/train/NN.Class/*.jpg, e.g. "
-                        "../shared/data/landmark_extra); repeatable")
+    add_known_extra_arg(p, "to match the share on (with --match)")
     args = p.parse_args(argv)
     if args.known_extra and not args.match:
         p.error("--known-extra needs --match")

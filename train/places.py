@@ -234,6 +234,14 @@ def cross_fit(places: Outputs, unknown: Outputs, known: Outputs, tune: np.ndarra
             "folds": folds}
 
 
+def add_known_extra_arg(p: argparse.ArgumentParser, purpose: str) -> None:
+    """--known-extra ROOT: the photos `known_photos` adds to the validation split."""
+    p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
+                   help="more photos of the model's own landmarks that it never trained on "
+                        f"(ROOT/train/NN.Class/*.jpg, e.g. ../shared/data/landmark_extra), "
+                        f"{purpose}; repeatable")
+
+
 def known_photos(predictor: Predictor, data: Path, extra: list[Path]) -> Outputs:
     """Photos of the model's own landmarks it never trained on: the trainers' validation
     split of `data`, plus the train/ photos of each `extra` root (Udacity layout). A root
@@ -268,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--places", type=Path, required=True, help="new_places-style folder")
     p.add_argument("--data", type=Path, required=True,
                    help="dataset root with test/ and unknown/")
-    p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
-                   help="more photos of the model's own landmarks, never trained on "
-                   "(ROOT/train/CLASS/*.jpg), to choose the margin with; repeatable")
+    add_known_extra_arg(p, "to choose the margin with")
     p.add_argument("--shots", type=int, default=5, help="photos taught a place (default 5)")
     p.add_argument("--write", action="store_true",
                    help="store the mapping in the model file's metadata")
