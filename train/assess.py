@@ -4,6 +4,7 @@ validation + half of the unknown photos, and the full report on test + the other
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,9 @@ from landmark.metrics import classification_report
 from landmark.presets import EvalPreprocess, Preset
 
 log = logging.getLogger("train")
+# (temperature, background logit) -> (reject threshold, where it came from): a threshold
+# chosen outside validation, which may need the calibrated network (train.fast --match)
+ThresholdRule = Callable[[float, float | None], tuple[float, str]]
 
 
 @dataclass
@@ -119,11 +123,11 @@ class Settings:
 
 def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: str,
            calibrate: bool, accept_known: float, exposure: bool = False,
-           given: tuple[float, str] | None = None) -> tuple[dict, Settings]:
+           given: ThresholdRule | None = None) -> tuple[dict, Settings]:
     """Choose flip, temperature and threshold without the test split; report every split.
     With outlier `exposure`, the unknown photos the network trained on are left out.
-    A `given` threshold (value, where it came from) replaces the one chosen on validation.
-    Returns (report, the export's settings)."""
+    A `given` rule, called once temperature and background logit are chosen, replaces the
+    threshold chosen on validation. Returns (report, the export's settings)."""
     # training photos are only needed for the feature-space open-set scores
     out = {k: logit_views(net, preset, d, flip=tta != "off" and k != "train")
            for k, d in data.items()
@@ -162,7 +166,8 @@ def assess(net: nn.Module, preset: Preset, data: dict[str, CachedSplit], tta: st
         rule = (f"threshold: most validation photos accepted + tuning unknown photos "
                 f"rejected (shares), keeping at least {accept_known:.0%} of validation photos")
     else:
-        threshold, rule = given[0], f"threshold from {given[1]}"
+        threshold, origin = given(temperature, background)
+        rule = f"threshold from {origin}"
     if parts:
         _open_set(report, data, Outputs(used, probs, feats, temperature), threshold,
                   rule, parts)

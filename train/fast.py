@@ -25,16 +25,18 @@ import logging
 import math
 import shlex
 import sys
-from dataclasses import replace
+import tempfile
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from landmark.cli import add_data_arg
 from landmark.data import DatasetError
-from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit
+from landmark.data.cache import DEFAULT_CACHE_DIR
 from landmark.export import Exported, ExportError, export_model, projection_of
 from landmark.predict import Predictor
 from landmark.presets import Preset
@@ -70,47 +72,54 @@ def data_args(args: argparse.Namespace, meta: dict) -> argparse.Namespace:
                               outlier_weight=cfg.get("outlier_weight", 0.0))
 
 
+@dataclass
+class FastNet:
+    """A network at its new preset, and what every export of it needs."""
+
+    net: nn.Module
+    preset: Preset
+    source: Exported
+    samples: list[Tensor]
+
+    def export(self, path: Path, meta: dict, temperature: float,
+               background: float | None) -> Path:
+        return export_model(self.net, self.preset, self.source.classes, meta, path,
+                            self.samples, temperature=temperature, background=background,
+                            freeze=True, projection=projection_of(self.source))
+
+
 def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
     """Export args.model at args.crop_size to args.out; returns (path, report)."""
     net, preset, exp = rebuild(args.model)
     small = smaller(preset, args.crop_size)
     data = load_splits(data_args(args, exp.metadata), small)
-    report = export_fast(args, command, net, small, exp, data)
-    if args.match:
-        given = matched_threshold(args.out, args.match, args.data, args.known_extra)
-        report = export_fast(args, command, net, small, exp, data, given)
-    return args.out, report
-
-
-def export_fast(args: argparse.Namespace, command: str, net: nn.Module, small: Preset,
-                exp: Exported, data: dict[str, CachedSplit],
-                given: tuple[float, str] | None = None) -> dict:
-    """Calibrate `net` at the `small` preset, export it frozen to args.out and write its
-    report; the threshold is the trainers' rule's, or `given` (value, origin)."""
+    fast = FastNet(net, small, exp, [img.float() / 255.0 for img in data["val"].images[:4]])
+    rule = partial(matched_threshold, fast, args.match, args.data,
+                   args.known_extra) if args.match else None
     report, settings = assess(net, small, data, "off", True, args.accept_known,
-                              exposure="outliers" in data, given=given)
+                              exposure="outliers" in data, given=rule)
     meta = {k: v for k, v in exp.metadata.items() if k not in CONTRACT_KEYS}
     meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
                 date=datetime.now(UTC).isoformat(timespec="seconds"),
                 metrics=headline_metrics(report),
                 reject_threshold=settings.reject_threshold,
                 open_set=report.get("open_set", {}).get("shipped"))
-    samples = [img.float() / 255.0 for img in data["val"].images[:4]]
-    export_model(net, small, exp.classes, meta, args.out, samples,
-                 temperature=settings.temperature, background=settings.background,
-                 freeze=True, projection=projection_of(exp))
+    fast.export(args.out, meta, settings.temperature, settings.background)
     write_report(report, [], exp.classes, args.out)
-    return report
+    return args.out, report
 
 
-def matched_threshold(fast: Path, reference: Path, data: Path,
-                      extra: list[Path]) -> tuple[float, str]:
-    """(threshold, origin): where `fast` accepts the same share of known photos (the
-    validation split of `data` plus `extra`'s, decoded as the app decodes them) as
-    `reference` does at its own threshold."""
-    ref, new = Predictor(reference), Predictor(fast)
+def matched_threshold(fast: FastNet, reference: Path, data: Path, extra: list[Path],
+                      temperature: float, background: float | None) -> tuple[float, str]:
+    """(threshold, origin): where `fast`, calibrated with `temperature` and `background`,
+    accepts the same share of known photos (the validation split of `data` plus `extra`'s,
+    decoded as the app decodes them, from a probe export) as `reference` does at its own
+    threshold."""
+    ref = Predictor(reference)
     share = float(np.mean(known_photos(ref, data, extra).conf >= ref.reject_threshold))
-    conf = np.sort(known_photos(new, data, extra).conf)[::-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Predictor(fast.export(Path(tmp) / "probe.pt", {}, temperature, background))
+        conf = np.sort(known_photos(probe, data, extra).conf)[::-1]
     threshold = float(conf[max(1, math.ceil(share * len(conf))) - 1])
     log.info("matched to %s: %.4f of %d known photos accepted -> threshold %.4f",
              reference, share, len(conf), threshold)

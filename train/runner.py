@@ -38,7 +38,7 @@ from landmark.engine import TrainConfig, Trainer
 from landmark.export import export_model
 from landmark.metrics import per_class_rows
 from landmark.presets import Preset, eval_transform, train_transform
-from train.assess import Settings, ValOutputs, assess
+from train.assess import Settings, ThresholdRule, ValOutputs, assess
 from train.distill import Teacher
 
 log = logging.getLogger("train")
@@ -378,15 +378,16 @@ def training_data(args: argparse.Namespace, data: dict[str, CachedSplit]) -> dic
             **run_options(args)}
 
 
-def given_threshold(path: Path | None) -> tuple[float, str] | None:
-    """(reject threshold, its origin) from a train.crossval summary, or None."""
+def given_threshold(path: Path | None) -> ThresholdRule | None:
+    """The reject threshold of a train.crossval summary, with its origin, or None."""
     if path is None:
         return None
     try:
         cv = json.loads(path.read_text())
-        return float(cv["reject_threshold"]), f"{cv['folds']}-fold cross-validation ({path})"
+        pooled = float(cv["reject_threshold"]), f"{cv['folds']}-fold cross-validation ({path})"
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"error: --threshold-from {path}: not a train.crossval summary ({e})")
+    return lambda _temperature, _background: pooled
 
 
 def write_val_outputs(path: Path, data: dict[str, CachedSplit], outputs: ValOutputs,
