@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from landmark.data import ImageError, load_image, scan_split
@@ -81,6 +82,9 @@ def test_bad_files_are_skipped_and_counted(tiny_data: Path, tmp_path: Path,
         data = decode_split(split, 40, workers=1)
         assert len(data.labels) == good and len(data.skipped) == 2
         assert data.images.shape == (good, 3, 40, 40)
+        pooled = decode_split(split, 40, workers=2)  # worker processes decode the same
+        assert torch.equal(pooled.images, data.images) and pooled.paths == data.paths
+        assert pooled.skipped == data.skipped and torch.equal(pooled.labels, data.labels)
         cached = cached_split(split, 40, cache_dir=cache_dir)
         again = cached_split(split, 40, cache_dir=cache_dir)
         assert len(list(cache_dir.iterdir())) == 1

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from landmark.data.layout import Split
 from landmark.presets import cache_image
 
 log = logging.getLogger(__name__)
+# A spawned worker imports torch first (~2.5 s on a 2-core machine), the time this process
+# takes to decode about 64 photos: smaller splits are decoded here.
+SERIAL_MAX = 64
 DEFAULT_CACHE_DIR = Path(os.environ.get("LANDMARK_CACHE", Path.home() / ".cache" / "landmark"))
 
 
@@ -70,25 +74,35 @@ def _key(split: Split, size: int, interpolation: str) -> str:
     return h.hexdigest()[:16]
 
 
-def decode_split(split: Split, size: int, interpolation: str = "bilinear",
-                 workers: int | None = None, desc: str = "decode") -> CachedSplit:
-    """Decode and resize every photo of `split`; unreadable files are skipped and listed."""
-    jobs = [(str(p), size, interpolation) for p in split.paths]
-    workers = workers or min(2, os.cpu_count() or 1)
-    images, labels, kept, skipped = [], [], [], []
+def _decoded(jobs: list[tuple[str, int, str]],
+             workers: int) -> Iterator[tuple[torch.Tensor | None, str]]:
+    """`_decode` of every job, in order: in `workers` processes, or here when 1."""
+    if workers <= 1:
+        yield from map(_decode, jobs)
+        return
     # spawn, not fork: a forked child of a process that ran OpenMP kernels can deadlock
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        results = pool.map(_decode, jobs, chunksize=16)
-        for (path, _, _), y, (img, err) in zip(
-                jobs, split.labels, tqdm(results, total=len(jobs), desc=desc, unit="img"),
-                strict=True):
-            if img is None:
-                skipped.append(err)
-                continue
-            images.append(img)
-            labels.append(y)
-            kept.append(path)
+        yield from pool.map(_decode, jobs, chunksize=16)
+
+
+def decode_split(split: Split, size: int, interpolation: str = "bilinear",
+                 workers: int | None = None, desc: str = "decode") -> CachedSplit:
+    """Decode and resize every photo of `split`; unreadable files are skipped and listed.
+    `workers` None: two processes, or this one for a split of up to SERIAL_MAX photos."""
+    jobs = [(str(p), size, interpolation) for p in split.paths]
+    if workers is None:
+        workers = 1 if len(jobs) <= SERIAL_MAX else min(2, os.cpu_count() or 1)
+    images, labels, kept, skipped = [], [], [], []
+    for (path, _, _), y, (img, err) in zip(
+            jobs, split.labels, tqdm(_decoded(jobs, workers), total=len(jobs), desc=desc,
+                                     unit="img"), strict=True):
+        if img is None:
+            skipped.append(err)
+            continue
+        images.append(img)
+        labels.append(y)
+        kept.append(path)
     if skipped:
         log.warning("skipped %d unreadable file(s), e.g. %s", len(skipped), skipped[0])
     stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
