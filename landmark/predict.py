@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +19,7 @@ from landmark.export import MIN_SIDE, load_exported
 from landmark.facts import lookup, nearest
 from landmark.geotag import read_gps
 from landmark.places import Calibration, Place, PlaceIndex, PlaceStore, decide, model_key
+from landmark.places.index import stacked
 
 GENERIC_HASHTAGS = ("#travel", "#landmark")
 TAUGHT_CACHE = 32  # place stores whose index stays built (the app: one a session)
@@ -85,22 +87,18 @@ class Predictor:
                 for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
     def taught(self, store: PlaceStore) -> PlaceIndex:
-        """The index of `store`'s places under this model, rebuilt when the store changes
-        (keeping the old index's IVF lists while they suit; the last TAUGHT_CACHE stores
-        are kept); a place this model has not embedded yet is embedded from its kept
-        photos."""
-        stamp = store.version()  # before reading, so a write in between rebuilds again
+        """The index of `store`'s places under this model, updated when the store changes
+        (`PlaceIndex.updated`: only new places' vectors are read; the last TAUGHT_CACHE
+        stores are kept); a place this model has not embedded yet is embedded from its
+        kept photos."""
+        stamp = store.version()  # before reading, so a write in between updates again
         with self._lock:
             hit = self._taught.get(store.root)
             if hit is None or hit[0] != stamp:
                 places = store.places()
-                key = model_key(self.path)
-                vectors = [self.place_vectors(store, p, key) for p in places]
-                owners = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)]
-                                        or [np.zeros(0, int)])
-                dim = int(self.metadata.get("embedding_dim", 1))
-                stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-                hit = (stamp, PlaceIndex(stacked, owners, places, hit[1] if hit else None))
+                read = partial(self.place_vectors, store, key=model_key(self.path))
+                hit = (stamp, hit[1].updated(places, read) if hit else PlaceIndex.build(
+                    *stacked(places, read, int(self.metadata.get("embedding_dim", 1))), places))
                 self._taught[store.root] = hit
             self._taught.move_to_end(store.root)
             while len(self._taught) > TAUGHT_CACHE:

@@ -115,7 +115,7 @@ def shots(labels: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def nearest(places: Outputs, taught: np.ndarray, queries: np.ndarray) -> Match:
     """Each query's best place and runner-up, via the served index."""
-    index = PlaceIndex(places.emb[taught], places.labels[taught], [])
+    index = PlaceIndex.build(places.emb[taught], places.labels[taught], [])
     return index.best(queries)
 
 

@@ -4,7 +4,7 @@ model's mapping from cosine similarity to a calibrated confidence."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +57,10 @@ def ivf_lists(n: int) -> int:
     return int(min(2 ** round(np.log2(4 * np.sqrt(n))), 2 ** int(np.log2(max(n // 39, 1)))))
 
 
-def vector_index(vectors: np.ndarray, centroids: faiss.IndexFlat | None = None,
-                 assigned: np.ndarray | None = None) -> faiss.Index:
-    """A FAISS inner-product index holding `vectors` (N, D): exact up to EXACT_MAX, IVF
-    beyond. IVF files the vectors into the lists of `centroids` when they are as many as
-    `ivf_lists` asks (trained before: `TrainedLists`), else trains new lists by k-means
-    on at most 64 vectors a list, which bounds a rebuild (1e5 1840-d vectors: seconds,
-    where HNSW's graph took 80 s). `assigned` (N,) gives vectors' list numbers where
-    known, -1 elsewhere; the rest are found and written into it, for the next index."""
+def vector_index(vectors: np.ndarray) -> faiss.Index:
+    """A FAISS inner-product index holding `vectors` (N, D) under ids 0..N-1: exact up to
+    EXACT_MAX, IVF beyond, its lists trained by k-means on at most 64 vectors a list,
+    which bounds a build (1e5 1840-d vectors: seconds, where HNSW's graph took 80 s)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d = vectors.shape[1] if vectors.ndim == 2 else 1
     if len(vectors) <= EXACT_MAX:
@@ -72,43 +68,20 @@ def vector_index(vectors: np.ndarray, centroids: faiss.IndexFlat | None = None,
         if len(vectors):
             index.add(vectors)
         return index
-    lists = ivf_lists(len(vectors))
-    if centroids is None or centroids.ntotal != lists:  # never retrain shared lists
-        centroids = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(centroids, d, lists, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        index.cp.max_points_per_centroid = 64
-        index.train(vectors)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, ivf_lists(len(vectors)),
+                               faiss.METRIC_INNER_PRODUCT)
+    index.cp.max_points_per_centroid = 64
+    index.train(vectors)
     index.nprobe = PROBES
-    if assigned is None:
-        assigned = np.full(len(vectors), -1, np.int64)
-    todo = np.flatnonzero(assigned < 0)
-    if len(todo):  # comparing each vector with every centroid is most of filing it
-        assigned[todo] = centroids.search(vectors[todo], 1)[1][:, 0]
-    add_preassigned(index, vectors, assigned)
+    file_vectors(index, vectors, np.arange(len(vectors)))
     return index
 
 
-@dataclass(frozen=True)
-class TrainedLists:
-    """An IVF index's list centroids and the places whose photos trained them. When the
-    store changes, the vectors are filed into these lists again instead of training new
-    ones (1e5 1840-d vectors: 1.7 s against 6.9 s), as long as the lists still suit the
-    store (`suit`); new places' photos then join the lists nearest them."""
-
-    centroids: faiss.IndexFlat
-    places: frozenset[str]
-
-    def suit(self, owners: np.ndarray, places: list[Place]) -> bool:
-        """Whether the store that `owners` and `places` describe can keep these lists: it
-        is past EXACT_MAX with the same number of lists (`ivf_lists`), and at least half
-        its vectors are of places the lists were trained on, so they still follow where
-        the vectors lie."""
-        n = len(owners)
-        if n <= EXACT_MAX or ivf_lists(n) != self.centroids.ntotal:
-            return False
-        known = np.array([p.slug in self.places for p in places], bool)
-        return bool(known[owners].mean() >= 0.5)
+def file_vectors(index: faiss.IndexIVF, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add `vectors` under `ids` to the IVF lists nearest them."""
+    if len(vectors):
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        add_preassigned(index, vectors, index.quantizer.search(vectors, 1)[1][:, 0], ids)
 
 
 @dataclass(frozen=True)
@@ -154,23 +127,13 @@ def prototypes(vectors: np.ndarray, owners: np.ndarray, d: int) -> np.ndarray:
     return torch.nn.functional.normalize(sums, dim=1, eps=1e-12).numpy()
 
 
-def carried(previous: PlaceIndex, owners: np.ndarray, places: list[Place]) -> np.ndarray:
-    """Each vector's list number in `previous` where its place is there unchanged (the
-    same record, as many vectors), else -1: only the others need filing anew."""
-    out = np.full(len(owners), -1, np.int64)
-    theirs, mine = groups(previous.owners, len(previous.places)), groups(owners, len(places))
-    where = {p: j for j, p in enumerate(previous.places)}
-    for i, place in enumerate(places):
-        j = where.get(place)
-        if j is not None and len(mine[i]) == len(theirs[j]):
-            out[mine[i]] = previous.assigned[theirs[j]]
-    return out
-
-
-def groups(owners: np.ndarray, n: int) -> list[np.ndarray]:
-    """The positions of each owner's vectors, for owners 0..n-1, in one sort."""
-    order = np.argsort(owners, kind="stable")
-    return np.split(order, np.searchsorted(owners[order], np.arange(1, n)))
+def stacked(places: list[Place], read: Callable[[Place], np.ndarray],
+            dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, owners): every place's vectors, one after another, and their place rows."""
+    vectors = [read(p) for p in places]
+    owners = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)]
+                            or [np.zeros(0, np.int64)])
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), owners
 
 
 class PlaceIndex:
@@ -178,24 +141,72 @@ class PlaceIndex:
     prototype: the normalised mean of its photos. `best` scores the places among a
     query's NEIGHBOURS nearest taught photos by the mean of two cosines, to the place's
     nearest photo and to its prototype (on new_places, 5 shots: top-1 0.662 by the
-    nearest photo alone, 0.698 with both). Built with the index it replaces
-    (`previous`), it keeps that index's IVF lists while they suit (`TrainedLists`), and
-    the list numbers of the photos of places it still holds (`carried`)."""
+    nearest photo alone, 0.698 with both). After a store change, `updated` makes the next
+    index from this one, reading only the new places' vectors."""
 
-    def __init__(self, vectors: np.ndarray, owners: np.ndarray, places: list[Place],
-                 previous: PlaceIndex | None = None) -> None:
-        self.places, self.owners = places, owners
-        lists = previous.lists if previous is not None else None
-        if lists is not None and not lists.suit(owners, places):
-            lists = None
-        self.assigned = (carried(previous, owners, places) if lists else
-                         np.full(len(owners), -1, np.int64))
-        self.index = vector_index(vectors, lists.centroids if lists else None, self.assigned)
-        if lists is None and isinstance(self.index, faiss.IndexIVF):
-            lists = TrainedLists(faiss.clone_index(self.index.quantizer),
-                                 frozenset(p.slug for p in places))
-        self.lists = lists
-        self.prototypes = prototypes(vectors, owners, self.index.d)
+    def __init__(self, index: faiss.Index, owners: np.ndarray, places: list[Place],
+                 prototypes: np.ndarray, trained_on: frozenset[Place] = frozenset()) -> None:
+        self.index, self.places, self.prototypes = index, places, prototypes
+        self.owners = owners  # each vector id's place (row of `places`); -1 once dropped
+        self.trained_on = trained_on  # the places whose photos trained the IVF lists
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, owners: np.ndarray, places: list[Place]) -> PlaceIndex:
+        """An index of `vectors` (N, D), owned by the rows `owners` (N,) of `places`."""
+        index = vector_index(vectors)
+        return cls(index, owners, places, prototypes(vectors, owners, index.d),
+                   frozenset(places) if isinstance(index, faiss.IndexIVF) else frozenset())
+
+    def updated(self, places: list[Place], read: Callable[[Place], np.ndarray]) -> PlaceIndex:
+        """The index of `places`, the store after a change. A place this index holds (the
+        same record) keeps its vectors; `read` gives only the others'. An IVF index is
+        copied, so a search in flight on this one is safe, drops the places gone and
+        files the new places' vectors into its lists while they suit the store (`suits`);
+        otherwise, and for an exact index, the next index is built anew."""
+        rows = {p: i for i, p in enumerate(places)}
+        moved = np.array([rows.get(p, -1) for p in self.places] + [-1], np.int64)
+        owners = moved[self.owners]  # a dropped vector's -1 picks moved's last entry, -1
+        held = set(self.places)
+        fresh = [p for p in places if p not in held]
+        added, added_owners = stacked(fresh, read, self.index.d)
+        added_owners = np.array([rows[p] for p in fresh], np.int64)[added_owners]
+        if not isinstance(self.index, faiss.IndexIVF):
+            kept = self.index.reconstruct_n(0, self.index.ntotal)[owners >= 0]
+            return PlaceIndex.build(np.concatenate([kept, added]),
+                                    np.concatenate([owners[owners >= 0], added_owners]), places)
+        if not self.suits(owners, added_owners, places):
+            return PlaceIndex.build(*stacked(places, read, self.index.d), places)
+        index = faiss.clone_index(self.index)
+        index.nprobe = PROBES
+        index.remove_ids(np.flatnonzero((owners < 0) & (self.owners >= 0)))
+        file_vectors(index, added, np.arange(len(owners), len(owners) + len(added)))
+        return PlaceIndex(index, np.concatenate([owners, added_owners]), places,
+                          self.carried_prototypes(moved, added, added_owners, len(places)),
+                          self.trained_on)
+
+    def carried_prototypes(self, moved: np.ndarray, added: np.ndarray,
+                           added_owners: np.ndarray, n: int) -> np.ndarray:
+        """The prototypes of n places: a kept place's from this index (its row `moved`),
+        a new place's from its vectors `added`."""
+        protos = np.zeros((n, self.index.d), np.float32)
+        to = moved[:len(self.prototypes)]
+        protos[to[to >= 0]] = self.prototypes[to >= 0]
+        rows = np.unique(added_owners)
+        protos[rows] = prototypes(added, added_owners, self.index.d)[rows]
+        return protos
+
+    def suits(self, owners: np.ndarray, added_owners: np.ndarray, places: list[Place]) -> bool:
+        """Whether this IVF index's lists suit the store of its kept vectors (`owners` >= 0)
+        and the added ones: at that size ivf_lists asks as many (it moves one step when
+        the store grows or shrinks about fourfold), at least half the vectors are of
+        places the lists were trained on, so the lists still follow where the vectors
+        lie, and at least half the ids are in use (a dropped vector's id is not reused)."""
+        kept = owners[owners >= 0]
+        n = len(kept) + len(added_owners)
+        if n <= EXACT_MAX or ivf_lists(n) != self.index.nlist or 2 * n < len(owners):
+            return False
+        trained = np.array([p in self.trained_on for p in places], bool)
+        return bool(trained[kept].sum() >= 0.5 * n)
 
     def __len__(self) -> int:
         return self.index.ntotal
