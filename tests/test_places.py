@@ -9,6 +9,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -102,6 +103,24 @@ def test_tagging_reads_the_list_of_places_only_when_it_changes(
     assert [p.name for p in transfer.taught(store).places] == ["Comet Falls"]
     assert transfer.taught(store).trained_on is trained_on
     assert vectors_read == ["Comet Falls", "Diablo Lake"]
+
+
+def test_a_place_taught_again_at_once_is_tagged_with_its_new_photos(
+        transfer: Predictor, store: PlaceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next index keeps the vectors of every place whose record is unchanged, so a
+    place removed and taught again under the same name, with as many other photos, in
+    the same second (the clock stopped here), must still be a new record."""
+    from landmark.places import store as store_module
+    now = datetime.now(UTC)
+    monkeypatch.setattr(store_module, "datetime", type("Clock", (), {"now": lambda _tz: now}))
+    transfer.tag(_photos()[0], 3, store)
+    teach(store, [transfer], "Comet Falls", _photos()[:3])
+    transfer.tag(_photos()[0], 3, store)
+    store.remove("Comet Falls")
+    teach(store, [transfer], "Comet Falls", _photos()[3:6])
+    new = transfer.run([transfer.load(p) for p in store.photo_files(store.places()[0])])[1]
+    want = torch.nn.functional.normalize(new.sum(0), dim=0).numpy()
+    assert np.allclose(transfer.taught(store).prototypes[0], want, atol=1e-5)
 
 
 def test_location_comes_from_the_photos_gps(transfer: Predictor, store: PlaceStore,

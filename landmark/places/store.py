@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from uuid import uuid4
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -61,11 +62,16 @@ class Location:
 
 @dataclass(frozen=True)
 class Place:
+    """A taught place, as places.json records it. `uid` is new at every add, so a place
+    taught again under its old name is never the same record (indexes keep a record's
+    vectors)."""
+
     name: str
     slug: str
     photos: int
     location: Location | None
     added: str = field(default="")
+    uid: str = field(default="")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,7 +208,7 @@ class PlaceStore:
                     raise PlaceError(f"a place named {name!r} exists already; remove it first "
                                      "or choose another name")
                 place = Place(name, slugify(name), len(photos), location,
-                              datetime.now(UTC).isoformat(timespec="seconds"))
+                              datetime.now(UTC).isoformat(timespec="seconds"), uuid4().hex)
                 folder = self.root / "photos" / place.slug
                 tmp = folder.with_name(f".{place.slug}.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
