@@ -176,8 +176,7 @@ class PlaceIndex:
                                     np.concatenate([owners[owners >= 0], added_owners]), places)
         if not self.suits(owners, added_owners, places):
             return PlaceIndex.build(*stacked(places, read, self.index.d), places)
-        index = faiss.clone_index(self.index)
-        index.nprobe = PROBES
+        index = faiss.clone_index(self.index)  # nprobe included
         index.remove_ids(np.flatnonzero((owners < 0) & (self.owners >= 0)))
         file_vectors(index, added, np.arange(len(owners), len(owners) + len(added)))
         return PlaceIndex(index, np.concatenate([owners, added_owners]), places,
