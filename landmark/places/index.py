@@ -190,8 +190,8 @@ class PlaceIndex:
         protos = np.zeros((n, self.index.d), np.float32)
         to = moved[:len(self.prototypes)]
         protos[to[to >= 0]] = self.prototypes[to >= 0]
-        rows = np.unique(added_owners)
-        protos[rows] = prototypes(added, added_owners, self.index.d)[rows]
+        rows, nth = np.unique(added_owners, return_inverse=True)
+        protos[rows] = prototypes(added, nth, self.index.d)
         return protos
 
     def suits(self, owners: np.ndarray, added_owners: np.ndarray, places: list[Place]) -> bool:
