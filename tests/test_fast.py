@@ -74,14 +74,19 @@ def test_bad_requests_are_one_clear_error(model_48: Path, tiny_data: Path, tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["frozen.pt"]
 
 
+def _extra(root: Path) -> Path:
+    """ROOT/train/<class>/: 6 photos of each tiny class that tiny_data does not hold."""
+    for cls in ("03.Eiffel_Tower", "11.Niagara_Falls"):
+        (root / "train" / cls).mkdir(parents=True)
+        for p in real_photos(cls, "train", 14)[8:]:
+            shutil.copy(p, root / "train" / cls / p.name)
+    return root
+
+
 def test_match_keeps_the_reference_models_share_of_known_photos(
         model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
     from train.places import known_photos
-    extra = tmp_path / "extra"
-    for cls in ("03.Eiffel_Tower", "11.Niagara_Falls"):
-        (extra / "train" / cls).mkdir(parents=True)
-        for p in real_photos(cls, "train", 14)[8:]:  # photos tiny_data's model never saw
-            shutil.copy(p, extra / "train" / cls / p.name)
+    extra = _extra(tmp_path / "extra")
     out = tmp_path / "fast.pt"
     assert fast.main([str(model_48), "--crop-size", "40", "--data", str(tiny_data),
                       "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
@@ -102,3 +107,22 @@ def test_known_extra_needs_match(model_48: Path, tiny_data: Path, tmp_path: Path
     with pytest.raises(SystemExit):
         fast.main([str(model_48), "--data", str(tiny_data), "--out", str(tmp_path / "f.pt"),
                    "--known-extra", str(tiny_data)])
+
+
+def test_match_never_counts_photos_the_fast_files_network_trained_on(
+        model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """The reference did not train on the extra photos, but the network made fast did."""
+    extra = _extra(tmp_path / "extra")
+    res = subprocess.run(
+        [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model", "tiny_cnn",
+         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+         "--extra-train", str(extra), "--output", str(tmp_path / "run"),
+         "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with pytest.raises(SystemExit, match=f"--known-extra {extra}: .*fast.pt was trained on it"):
+        fast.main([str(tmp_path / "run" / "scratch.pt"), "--crop-size", "40", "--data",
+                   str(tiny_data), "--out", str(tmp_path / "fast.pt"), "--cache-dir",
+                   str(tmp_path / "cache"), "--match", str(model_48), "--known-extra",
+                   str(extra)])
+    assert not (tmp_path / "fast.pt").exists()

@@ -76,10 +76,16 @@ def data_args(args: argparse.Namespace, meta: dict) -> argparse.Namespace:
 class FastNet:
     """A network at its new preset, and what every export of it needs."""
 
+    name: str
     net: nn.Module
     preset: Preset
     source: Exported
     samples: list[Tensor]
+
+    def inherited(self) -> dict:
+        """The source file's metadata that still holds at the new size: what it was
+        trained on and how, not what the export contract or the calibration sets."""
+        return {k: v for k, v in self.source.metadata.items() if k not in CONTRACT_KEYS}
 
     def export(self, path: Path, meta: dict, temperature: float,
                background: float | None) -> Path:
@@ -93,12 +99,13 @@ def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
     net, preset, exp = rebuild(args.model)
     small = smaller(preset, args.crop_size)
     data = load_splits(data_args(args, exp.metadata), small)
-    fast = FastNet(net, small, exp, [img.float() / 255.0 for img in data["val"].images[:4]])
+    fast = FastNet(args.out.name, net, small, exp,
+                   [img.float() / 255.0 for img in data["val"].images[:4]])
     rule = partial(matched_threshold, fast, args.match, args.data,
                    args.known_extra) if args.match else None
     report, settings = assess(net, small, data, "off", True, args.accept_known,
                               exposure="outliers" in data, given=rule)
-    meta = {k: v for k, v in exp.metadata.items() if k not in CONTRACT_KEYS}
+    meta = fast.inherited()
     meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
                 date=datetime.now(UTC).isoformat(timespec="seconds"),
                 metrics=headline_metrics(report),
@@ -118,7 +125,9 @@ def matched_threshold(fast: FastNet, reference: Path, data: Path, extra: list[Pa
     ref = Predictor(reference)
     share = float(np.mean(known_photos(ref, data, extra).conf >= ref.reject_threshold))
     with tempfile.TemporaryDirectory() as tmp:
-        probe = Predictor(fast.export(Path(tmp) / "probe.pt", {}, temperature, background))
+        # named as the fast file, with its source's training data for known_photos' check
+        probe = Predictor(fast.export(Path(tmp) / fast.name, fast.inherited(), temperature,
+                                      background))
         conf = np.sort(known_photos(probe, data, extra).conf)[::-1]
     threshold = float(conf[max(1, math.ceil(share * len(conf))) - 1])
     log.info("matched to %s: %.4f of %d known photos accepted -> threshold %.4f",
