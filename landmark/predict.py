@@ -18,7 +18,15 @@ from landmark.data.layout import display_name
 from landmark.export import MIN_SIDE, load_exported
 from landmark.facts import lookup, nearest
 from landmark.geotag import read_gps
-from landmark.places import Calibration, Place, PlaceIndex, PlaceStore, decide, model_key
+from landmark.places import (
+    Calibration,
+    Place,
+    PlaceError,
+    PlaceIndex,
+    PlaceStore,
+    decide,
+    model_key,
+)
 from landmark.places.index import stacked
 
 GENERIC_HASHTAGS = ("#travel", "#landmark")
@@ -106,11 +114,19 @@ class Predictor:
             return hit[1]
 
     def place_vectors(self, store: PlaceStore, place: Place, key: str) -> np.ndarray:
-        """The embeddings of a place's photos under this model (computed once, stored)."""
+        """The embeddings of a place's photos under this model (computed once, stored).
+        Raises PlaceError, naming the place, when the store has lost or spoilt them."""
         path = store.vectors_file(place, key)
-        if path.exists():
-            return np.load(path)
-        images = [self.load(p) for p in store.photo_files(place)]
+        lost = (f"the place store {store.root} is corrupt: {{}} of {place.name!r}; remove "
+                "the place and teach it again")
+        try:
+            if path.exists():
+                return np.load(path)
+            images = [self.load(p) for p in store.photo_files(place)]
+        except (OSError, ValueError) as e:  # ImageError is a ValueError
+            raise PlaceError(lost.format(f"unreadable vectors or photos ({e})")) from None
+        if not images:
+            raise PlaceError(lost.format("no photos and no vectors"))
         vectors = self.run(images)[1].numpy()
         store.save_vectors(place, key, vectors)
         return vectors

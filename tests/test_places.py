@@ -196,6 +196,23 @@ def test_corrupt_or_unwritable_store_is_one_clear_message(transfer: Predictor,
         teach(PlaceStore(blocked / "store"), [transfer], "Falls again", _photos()[:3])
 
 
+def test_a_place_whose_photos_and_vectors_are_gone_is_one_clear_message(
+        transfer: Predictor, store: PlaceStore) -> None:
+    """Tagging used to fail with torch's "expected a non-empty list of Tensors", and an
+    unreadable kept photo was blamed on the photo being tagged."""
+    teach(store, [transfer], "Falls", _photos()[:3])
+    photos, query = store.root / "photos", _photos()[4]
+    (next(photos.iterdir()) / "00.jpg").write_bytes(b"not a photo")
+    shutil.rmtree(store.root / "vectors")
+    with pytest.raises(PlaceError, match=r"corrupt: unreadable vectors or photos .* of 'Falls'"):
+        transfer.tag(query, 3, store)
+    shutil.rmtree(photos)
+    with pytest.raises(PlaceError, match="corrupt: no photos and no vectors of 'Falls'; remove"):
+        transfer.tag(query, 3, store)
+    store.remove("Falls")
+    assert transfer.tag(query, 3, store)["predictions"]
+
+
 def test_ivf_past_the_exact_size_finds_the_same_places(monkeypatch: pytest.MonkeyPatch,
                                                        ) -> None:
     gen = np.random.default_rng(0)
