@@ -11,7 +11,7 @@
   test/ top-1 with every place taught under the rule stored in the model file.
 - Adding a place of 10 photos through `landmark.places.teach`, tagging latency with
   1e5 stored vectors (5,000 places of 20) against none, and the first tag over that
-  store and after one more place joins it (each builds the index).
+  store (it builds the index) and after one more place joins it (it updates it).
 - Scale: query latency p50/p95 and index memory for 1e3, 1e5 and 1e6 synthetic unit
   vectors of the transfer model's size, exact (FAISS flat) and the served index (IVF
   past 10,000 vectors), with recall@1 of perturbed stored vectors.
@@ -144,7 +144,7 @@ def search_one(index: faiss.Index, query: np.ndarray) -> None:
 class Speed:
     """Seconds to teach a place of 10 photos; seconds of the first tag over a store of 1e5
     vectors (it builds the index) and of the first tag after one more place is added to
-    it (the index is rebuilt); tagging p50/p95 in ms without and with that store."""
+    it (the index is updated); tagging p50/p95 in ms without and with that store."""
 
     add: float
     build: float
@@ -255,8 +255,8 @@ def main() -> None:
               f"{BIG_PLACES * MAX_PHOTOS:,} stored vectors ({BIG_PLACES:,} places of "
               f"{MAX_PHOTOS}, the most a place may have), the two taking turns call by call. "
               "The first tag over that store builds its index (IVF lists trained); the "
-              "first after one more place is added builds it again in the same lists, "
-              "filing only the new place's photos anew:",
+              "first after one more place is added updates a copy of it, reading and "
+              "filing only the new place's photos (`PlaceIndex.updated`):",
               "",
               "| model | add 10 photos (s) | tag, no places | tag, "
               f"{BIG_PLACES * MAX_PHOTOS:,} vectors in {BIG_PLACES:,} places | change | "
