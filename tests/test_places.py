@@ -284,6 +284,46 @@ def test_a_store_change_reads_only_new_places_and_keeps_the_ivf_lists_while_they
     assert grown.index.nlist == 256 and grown.trained_on == frozenset(places("p", 1200))
 
 
+@pytest.mark.parametrize("exact_max", [10_000, 300])  # exact, and IVF past 300 vectors
+def test_a_run_of_random_changes_keeps_every_place_findable(
+        monkeypatch: pytest.MonkeyPatch, exact_max: int) -> None:
+    """Adds, removals and re-teachings in a random order: after each change the updated
+    index holds exactly the store's vectors, finds every stored photo's own place, and
+    has the prototypes a fresh build has."""
+    monkeypatch.setattr(place_index, "EXACT_MAX", exact_max)
+    gen = np.random.default_rng(2)
+    vectors: dict[Place, np.ndarray] = {}
+
+    def teach_one(i: int) -> None:  # a place's photos lie around one direction, as photos do
+        v = (gen.normal(size=32) + 0.7 * gen.normal(size=(int(gen.integers(3, 21)), 32))
+             ).astype(np.float32)
+        vectors[Place(f"p{i}", f"p{i}", len(v), None, uid=str(gen.random()))] = \
+            v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    for i in range(40):
+        teach_one(i)
+    index = PlaceIndex.build(*place_index.stacked(list(vectors), vectors.get, 32),
+                             list(vectors))
+    for step in range(30):
+        places = list(vectors)
+        if step % 3 == 0:
+            del vectors[places[int(gen.integers(len(places)))]]
+        elif step % 3 == 1:
+            old = places[int(gen.integers(len(places)))]
+            del vectors[old]
+            teach_one(int(old.name[1:]))  # taught again: a new record, other photos
+        else:
+            teach_one(100 + step)
+        places = list(vectors)
+        index = index.updated(places, vectors.get)
+        stacked, owners = place_index.stacked(places, vectors.get, 32)
+        assert len(index) == len(stacked) and index.places == places
+        assert (index.best(stacked).place == owners).all()
+        assert np.allclose(index.prototypes, PlaceIndex.build(stacked, owners, places)
+                           .prototypes, atol=1e-5)
+    assert isinstance(index.index, faiss.IndexIVF) == (exact_max == 300)
+
+
 def test_an_exact_index_reuses_the_vectors_it_holds() -> None:
     gen = np.random.default_rng(1)
     vectors = gen.normal(size=(30, 16)).astype(np.float32)
