@@ -38,7 +38,7 @@ from landmark.cli import add_data_arg
 from landmark.data import scan_split
 from landmark.data.layout import list_images
 from landmark.metrics import wilson_interval
-from landmark.places import Place, PlaceIndex, PlaceStore, model_key
+from landmark.places import Place, PlaceIndex, PlaceStore
 from landmark.places.index import EXACT_MAX, PROBES, ivf_lists, one_thread
 from landmark.places.store import MAX_PHOTOS
 from landmark.places.teach import teach
@@ -161,7 +161,7 @@ def add_and_tag(predictor: Predictor, places_dir: Path, photo: Path) -> Speed:
     with tempfile.TemporaryDirectory() as tmp:
         store = PlaceStore(Path(tmp))
         add = seconds(lambda: teach(store, [predictor], "Bench place", list_images(folder)[:10]))
-        key, dim = model_key(predictor.path), int(predictor.metadata["embedding_dim"])
+        key, dim = predictor.key, int(predictor.metadata["embedding_dim"])
         gen = np.random.default_rng(0)
 
         def synthetic(i: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import fields
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -104,7 +104,7 @@ class Predictor:
             hit = self._taught.get(store.root)
             if hit is None or hit[0] != stamp:
                 places = store.places()
-                read = partial(self.place_vectors, store, key=model_key(self.path))
+                read = partial(self.place_vectors, store)
                 hit = (stamp, hit[1].updated(places, read) if hit else PlaceIndex.build(
                     *stacked(places, read, int(self.metadata.get("embedding_dim", 1))), places))
                 self._taught[store.root] = hit
@@ -113,10 +113,16 @@ class Predictor:
                 self._taught.popitem(last=False)
             return hit[1]
 
-    def place_vectors(self, store: PlaceStore, place: Place, key: str) -> np.ndarray:
+    @cached_property
+    def key(self) -> str:
+        """Which model file embeds this predictor's vectors (`model_key`), hashed once:
+        every store change and every place taught needs it."""
+        return model_key(self.path)
+
+    def place_vectors(self, store: PlaceStore, place: Place) -> np.ndarray:
         """The embeddings of a place's photos under this model (computed once, stored).
         Raises PlaceError, naming the place, when the store has lost or spoilt them."""
-        path = store.vectors_file(place, key)
+        path = store.vectors_file(place, self.key)
         lost = (f"the place store {store.root} is corrupt: {{}} of {place.name!r}; remove "
                 "the place and teach it again")
         try:
@@ -128,7 +134,7 @@ class Predictor:
         if not images:
             raise PlaceError(lost.format("no photos and no vectors"))
         vectors = self.run(images)[1].numpy()
-        store.save_vectors(place, key, vectors)
+        store.save_vectors(place, self.key, vectors)
         return vectors
 
     def _candidates(self, probs: torch.Tensor, embedding: torch.Tensor | None, k: int,

@@ -83,8 +83,8 @@ def test_tagging_reads_the_list_of_places_only_when_it_changes(
     reads, vectors_read = [], []
     real, real_vectors = store.places, transfer.place_vectors
     monkeypatch.setattr(store, "places", lambda: reads.append(1) or real())
-    monkeypatch.setattr(transfer, "place_vectors", lambda s, p, key: vectors_read.append(
-        p.name) or real_vectors(s, p, key))
+    monkeypatch.setattr(transfer, "place_vectors", lambda s, p: vectors_read.append(
+        p.name) or real_vectors(s, p))
     query = _photos()[5]
     transfer.tag(query, 3, store)
     assert len(reads) == 1  # the index is built once...

@@ -12,7 +12,6 @@ from PIL import Image
 from landmark.data.imageio import ImageError, load_image
 from landmark.data.layout import display_name, list_images
 from landmark.geotag import read_gps
-from landmark.places.index import model_key
 from landmark.places.store import (
     KEPT_SIDE,
     MAX_PHOTOS,
@@ -93,7 +92,7 @@ def teach(store: PlaceStore, predictors: list[Predictor], name: str, files: list
     place = store.add(name, [_kept(img) for img in images], location)
     kept = [load_image(p) for p in store.photo_files(place)]
     for predictor in predictors:
-        store.save_vectors(place, model_key(predictor.path), predictor.run(kept)[1].numpy())
+        store.save_vectors(place, predictor.key, predictor.run(kept)[1].numpy())
     return place
 
 
