@@ -23,7 +23,7 @@ import torch
 from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
 from landmark.data import scan_split
-from landmark.export import ExportError, export_model, projection_of, wrap
+from landmark.export import ExportError, export_model, kept_parts, wrap
 from landmark.models import create_model
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR, resolve
@@ -59,7 +59,7 @@ def eager_twin(path: Path) -> torch.nn.Module | None:
         return None
     meta = exp.metadata
     return wrap(net, preset, meta["temperature"], meta["tta_flip"], meta["background_logit"],
-                projection_of(exp))
+                **kept_parts(exp.module))
 
 
 def frozen_lite2_baseline(folder: Path) -> Path:

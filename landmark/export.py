@@ -6,11 +6,13 @@
     probs, emb = m.probs_and_embedding(x)   # both from one pass
 
 Resize, crop and normalisation live inside the file; calibration temperature and the
-optional flip test-time augmentation too. Extra files inside the archive:
+optional flip test-time augmentation too, and optionally an upright head: a photo it
+finds lying on its side or upside down (EXIF orientation lost) is turned back before
+it is scored and embedded (train.upright). Extra files inside the archive:
 `classes.json` (class folder names in output order) and `metadata.json`.
 This module imports no architecture: serving code uses `load_exported` only; a network
 to export only has to offer `split_head()` -> (features: photo -> (pooled (N, F),
-descriptor (N, D)), head: pooled -> logits); see landmark.models.embedding.
+descriptor (N, D), layout (N, L)), head: pooled -> logits); see landmark.models.embedding.
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
                  temperature: float = 1.0, flip: bool = False,
-                 background: float | None = None, projection: Tensor | None = None) -> None:
+                 background: float | None = None, projection: Tensor | None = None,
+                 upright: Upright | None = None) -> None:
         super().__init__()
+        self.turns = upright is not None
+        self.register_buffer("upright_weight", upright.weight.float() if upright is not None
+                             else torch.zeros(0, 0))
+        self.register_buffer("upright_bias", upright.bias.float() if upright is not None
+                             else torch.zeros(0))
+        self.upright_threshold = upright.threshold if upright is not None else 1.0
         self.project = projection is not None
         self.register_buffer("projection", projection.float() if projection is not None
                              else torch.zeros(0, 0))
@@ -66,26 +75,45 @@ class ExportedClassifier(nn.Module):
         background: float | None = self.background if self.use_background else None
         return calibrated_softmax(logits, self.temperature, background)
 
-    def _features(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """The checked, preprocessed photos' (pooled, descriptor), and the mirrored view's
-        with flip."""
+    def _features(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The checked, preprocessed photos' (pooled, descriptor, layout), turned upright
+        by the upright head, and the mirrored view's with flip."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError("expected a float (N, 3, H, W) batch")
         if x.shape[-1] < 32 or x.shape[-2] < 32:
             raise ValueError("images must be at least 32x32 pixels")
         x = self.pre(x.float())
         views = [self.features(x)]
+        if self.turns:
+            x, views[0] = self._upright(x, views[0])
         if self.flip:
             views.append(self.features(x.flip(-1)))
         return views
 
-    def _probs(self, views: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _upright(self, x: Tensor, feats: tuple[Tensor, Tensor, Tensor],
+                 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The preprocessed (square) photos with every turn the head is sure of undone,
+        and their features: only those photos pass through the network again."""
+        conf, turns = (feats[2] @ self.upright_weight.T + self.upright_bias).softmax(1).max(1)
+        todo = ((turns != 0) & (conf >= self.upright_threshold)).nonzero().flatten()
+        if todo.numel() == 0:
+            return x, feats
+        fixed = torch.stack([torch.rot90(x[int(i)], -int(turns[int(i)]), [1, 2])
+                             for i in todo])
+        again = self.features(fixed)
+        x, out = x.clone(), [feats[0].clone(), feats[1].clone(), feats[2].clone()]
+        x[todo] = fixed
+        for j in range(3):
+            out[j][todo] = again[j]
+        return x, (out[0], out[1], out[2])
+
+    def _probs(self, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         probs = self.probs(self.head(views[0][0]))
         if len(views) == 2:
             probs = 0.5 * (probs + self.probs(self.head(views[1][0])))
         return probs
 
-    def _embed(self, views: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _embed(self, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         mean = views[0][1] if len(views) == 1 else 0.5 * (views[0][1] + views[1][1])
         if self.project:
             mean = F.normalize(mean, dim=1) @ self.projection
@@ -105,6 +133,17 @@ class ExportedClassifier(nn.Module):
 
 
 @dataclass
+class Upright:
+    """A linear head on the features' layout that tells how many quarter turns
+    counter-clockwise (0-3) a photo shows; a turn is undone when its probability is at
+    least `threshold` (train.upright chooses it)."""
+
+    weight: Tensor  # (4, L)
+    bias: Tensor  # (4,)
+    threshold: float
+
+
+@dataclass
 class Exported:
     """A loaded model file: the callable module, its classes and metadata."""
 
@@ -115,16 +154,21 @@ class Exported:
 
 def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
          background: float | None = None, projection: Tensor | None = None,
-         ) -> ExportedClassifier:
+         upright: Upright | None = None) -> ExportedClassifier:
     """The eager wrapper around `net` (which offers `split_head()`)."""
     features, head = net.eval().cpu().split_head()
     return ExportedClassifier(features, head, preset, temperature, flip, background,
-                              projection).eval()
+                              projection, upright).eval()
 
 
-def projection_of(exp: Exported) -> Tensor | None:
-    """A loaded file's embedding projection, to export its network again with it."""
-    return exp.module.projection if getattr(exp.module, "project", False) else None
+def kept_parts(m: nn.Module) -> dict:
+    """A wrapper's embedding projection and upright head (eager, or a loaded file's
+    module), as keyword arguments of `wrap` and `export_model`: what exporting its network
+    again must keep."""
+    upright = (Upright(m.upright_weight, m.upright_bias, m.upright_threshold)
+               if getattr(m, "turns", False) else None)
+    return {"projection": m.projection if getattr(m, "project", False) else None,
+            "upright": upright}
 
 
 def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
@@ -133,29 +177,30 @@ def script(eager: ExportedClassifier, preset: Preset) -> torch.jit.ScriptModule:
     with torch.no_grad():
         features = torch.jit.trace(eager.features.to(memory_format=torch.contiguous_format),
                                    example)
-        pooled, _ = features(example)
+        pooled = features(example)[0]
         head = torch.jit.trace(eager.head, pooled)
     background = eager.background if eager.use_background else None
-    projection = eager.projection if eager.project else None
     return torch.jit.script(ExportedClassifier(features, head, preset, eager.temperature,
-                                               eager.flip, background, projection))
+                                               eager.flip, background, **kept_parts(eager)))
 
 
 def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: dict,
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
                  flip: bool = False, background: float | None = None, atol: float = 1e-4,
-                 freeze: bool = False, projection: Tensor | None = None) -> Path:
+                 freeze: bool = False, projection: Tensor | None = None,
+                 upright: Upright | None = None) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
     eager wrapper and the reloaded file, whose probabilities and embeddings must agree to
     within `atol`. `freeze` inlines the weights as constants (`torch.jit.freeze`): about
     10% faster on a CPU, but the file no longer has weights to train or re-export from.
-    `projection` (D, K) maps the embedding to K dimensions (see ExportedClassifier).
+    `projection` (D, K) maps the embedding to K dimensions (see ExportedClassifier);
+    `upright` turns photos lying on their side upright first (see Upright).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    eager = wrap(net, preset, temperature, flip, background, projection)
+    eager = wrap(net, preset, temperature, flip, background, projection, upright)
     scripted = script(eager, preset)
     if freeze:
         scripted = torch.jit.freeze(scripted.eval(), preserved_attrs=list(METHODS))
@@ -164,7 +209,8 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
     meta = {**metadata, "preset": preset.to_dict(), "temperature": temperature,
             "tta_flip": flip, "background_logit": background, "num_classes": len(classes),
             "embedding_dim": dim, "frozen": freeze, "embedding": eager.features.kind + (
-                f", projected to {dim} dimensions" if projection is not None else "")}
+                f", projected to {dim} dimensions" if projection is not None else ""),
+            "upright_threshold": upright.threshold if upright is not None else None}
     tmp = path.with_name(f".{path.name}.tmp")
     _save(scripted, tmp, classes, meta)
     loaded = load_exported(tmp)

@@ -112,6 +112,14 @@ def model_card(meta: dict, report: dict, repo_id: str, figures: list[str]) -> st
                       f" {what} `{seen[key]}`." for key, what in (
                           ("initialised_from", "Started from the weights of"),
                           ("teacher", "Distilled from")) if seen.get(key))]
+    upright = meta.get("upright")
+    if upright:
+        lines += ["", "## Upright head", "", "A photo lying on its side or upside down (its "
+                  "EXIF orientation lost) is turned upright before it is scored when the "
+                  f"head is at least {upright['threshold']:.3f} sure. Out of fold on "
+                  f"{upright['photos']} photos: {upright['turned_righted']:.1%} of turned "
+                  f"photos set upright, {upright['upright_turned']:.1%} of upright ones "
+                  f"turned. Made by `{upright['command']}`."]
     lines += ["", *[f"![{f}]({f})" for f in figures], "", "## Training command", "",
               "```bash", meta.get("command", "(unknown)"), "```", ""]
     return "\n".join(lines)

@@ -84,10 +84,10 @@ class _BranchyNet(nn.Module):
     """Data-dependent control flow: tracing bakes one branch, so the export must notice."""
 
     def split_head(self) -> tuple[nn.Module, nn.Module]:
-        return Pooled(self), nn.Identity()
+        return Pooled(self, nn.Flatten()), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = x.mean((2, 3))
+        logits = x.mean((2, 3), keepdim=True)
         return logits if x.mean() > 0 else -logits * 5
 
 
@@ -132,7 +132,7 @@ def test_frozen_export_matches_and_keeps_the_contract(tmp_path: Path) -> None:
     pre = EvalPreprocess(net.preset)(x)
     features, head = net.split_head()
     with torch.no_grad():
-        pooled, descriptor = features(pre)
+        pooled, descriptor, _ = features(pre)
         want_probs = head(pooled).softmax(1)
         want_emb = torch.nn.functional.normalize(descriptor, dim=1)
         probs, emb = loaded.module.probs_and_embedding(x)

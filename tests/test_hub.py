@@ -227,3 +227,12 @@ def test_the_card_says_where_a_model_started_and_who_taught_it() -> None:
     assert "Distilled from `models/transfer.pt`." in card
     assert "Distilled" not in model_card({"training_data": {**seen, "teacher": None}}, {},
                                          "me/landmarks", [])
+
+
+def test_the_card_of_a_bundled_model_says_what_its_upright_head_does() -> None:
+    from landmark.hub import model_card
+    from landmark.resolve import MODELS_DIR
+    meta = load_exported(MODELS_DIR / "transfer.pt").metadata
+    card = model_card(meta, {}, "me/landmarks", [])
+    assert f"at least {meta['upright_threshold']:.3f} sure" in card
+    assert "python -m train.upright models/transfer.pt" in card

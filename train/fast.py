@@ -8,8 +8,9 @@ resized crops has seen landmarks at many scales, so a smaller centre crop keeps 
 its accuracy. The network is rebuilt from the file's weights; the resize keeps the file's
 crop ratio. Temperature and reject threshold are chosen again at the new size, on the
 validation split and the tuning half of unknown/ (the rule of the trainers; the test split
-is only reported). The export is frozen (`torch.jit.freeze`). Afterwards, choose how taught
-places compete at the new size: `python -m train.places OUT --write ...`.
+is only reported). The export is frozen (`torch.jit.freeze`); an upright head
+(train.upright) is kept as it was fitted at the source's size. Afterwards, choose how
+taught places compete at the new size: `python -m train.places OUT --write ...`.
 
 With `--match FLOAT.pt --known-extra ROOT`, the threshold is instead the one at which the
 fast file accepts the same share of known photos it never trained on (validation plus
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from landmark.cli import add_data_arg
 from landmark.data import DatasetError
 from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.export import Exported, ExportError, export_model, projection_of
+from landmark.export import Exported, ExportError, export_model, kept_parts
 from landmark.predict import Predictor
 from landmark.presets import Preset
 from train.assess import assess
@@ -91,7 +92,7 @@ class FastNet:
                background: float | None) -> Path:
         return export_model(self.net, self.preset, self.source.classes, meta, path,
                             self.samples, temperature=temperature, background=background,
-                            freeze=True, projection=projection_of(self.source))
+                            freeze=True, **kept_parts(self.source.module))
 
 
 def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:

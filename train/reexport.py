@@ -34,7 +34,15 @@ from tqdm import tqdm
 
 from landmark.data.imageio import to_tensor
 from landmark.data.layout import list_images
-from landmark.export import Exported, ExportError, export_model, load_exported, projection_of, wrap
+from landmark.export import (
+    Exported,
+    ExportError,
+    Upright,
+    export_model,
+    kept_parts,
+    load_exported,
+    wrap,
+)
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
 from landmark.predict import Predictor
@@ -88,9 +96,10 @@ def fit_projection(path: Path, photos: list[Path], k: int) -> Tensor:
 
 
 def reexport(path: Path, out: Path, command: str, projection: Tensor | None = None,
-             ) -> Path:
+             upright: Upright | None = None, notes: dict | None = None) -> Path:
     """Write `path`'s model to `out` under the current contract (see the module doc),
-    with `projection` if given, else the file's own."""
+    with `projection` and `upright` if given, else the file's own; `notes` join its
+    metadata."""
     net, preset, exp = rebuild(path)
     meta = exp.metadata
     gen = torch.Generator().manual_seed(0)
@@ -98,10 +107,13 @@ def reexport(path: Path, out: Path, command: str, projection: Tensor | None = No
     keep = {k: v for k, v in meta.items() if k not in ("preset", "temperature", "tta_flip",
                                                         "background_logit", "num_classes",
                                                         "embedding_dim")}
-    return export_model(net, preset, exp.classes, {**keep, "reexport_command": command}, out,
+    parts = kept_parts(exp.module)
+    parts.update({k: v for k, v in (("projection", projection), ("upright", upright))
+                  if v is not None})
+    return export_model(net, preset, exp.classes,
+                        {**keep, **(notes or {}), "reexport_command": command}, out,
                         samples, temperature=meta["temperature"], flip=meta["tta_flip"],
-                        background=meta["background_logit"],
-                        projection=projection if projection is not None else projection_of(exp))
+                        background=meta["background_logit"], **parts)
 
 
 def save_backbone(path: Path, out: Path) -> Path:

@@ -1,9 +1,12 @@
 """What a network's exported `embed` returns: its features for the head, plus a descriptor.
 
-A network's `split_head()` gives (features, head); `features(x)` returns the pair
-(pooled features the head reads, descriptor for places), so the classifier and the
-places index share one pass. Measured on `new_places` (docs/decisions.md, "Teaching
-places"): GeM over the last two blocks and the final map beats the pooled features alone.
+A network's `split_head()` gives (features, head); `features(x)` returns the triple
+(pooled features the head reads, descriptor for places, layout), so the classifier, the
+places index and the upright head share one pass. The layout is a 2x2 grid of the final
+map's channel means: where things are in the frame, which global pooling discards and
+which tells a photo lying on its side (landmark.export.Upright). Measured on `new_places`
+(docs/decisions.md, "Teaching places"): GeM over the last two blocks and the final map
+beats the pooled features alone.
 """
 
 from __future__ import annotations
@@ -18,8 +21,29 @@ def gem(x: Tensor, p: float = 3.0, eps: float = 1e-6) -> Tensor:
     return x.clamp(min=eps).pow(p).mean((-2, -1)).pow(1.0 / p)
 
 
+def layout(final: Tensor) -> Tensor:
+    """(N, 4C): the means of a (N, C, H, W) map's four quadrants."""
+    return F.adaptive_avg_pool2d(final, 2).flatten(1)
+
+
 class Pooled(nn.Module):
-    """The embedding is the head's input itself."""
+    """The embedding is the head's input itself: `net` is a network to its final map
+    followed by the layers that pool it."""
+
+    kind = "pooled features"
+
+    def __init__(self, maps: nn.Module, pool: nn.Module) -> None:
+        super().__init__()
+        self.net = nn.Sequential(maps, pool)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        final = self.net[0](x)
+        f = self.net[1](final)
+        return f, f, layout(final)
+
+
+class TimmPooled(nn.Module):
+    """A timm backbone's pooled features, as embedding too."""
 
     kind = "pooled features"
 
@@ -27,9 +51,10 @@ class Pooled(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.net(x)
-        return f, f
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        final = self.net.forward_features(x)
+        f = self.net.forward_head(final, pre_logits=True)
+        return f, f, layout(final)
 
 
 class MultiLayerGeM(nn.Module):
@@ -43,8 +68,8 @@ class MultiLayerGeM(nn.Module):
         self.p = p
         self.kind = f"GeM (p={p:g}) of blocks {', '.join(map(str, blocks))} and the final map"
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         final, maps = self.net.forward_intermediates(x, indices=self.indices, extra_blocks=True)
         pooled = self.net.forward_head(final, pre_logits=True)
         parts = [F.normalize(gem(m, self.p), dim=1) for m in [*maps, final]]
-        return pooled, torch.cat(parts, 1)
+        return pooled, torch.cat(parts, 1), layout(final)

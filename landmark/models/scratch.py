@@ -60,9 +60,9 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
     def split_head(self) -> tuple[nn.Module, nn.Module]:
-        """(photo -> (pooled features, the same as descriptor), pooled features -> logits),
-        sharing the weights."""
-        return Pooled(nn.Sequential(self.features, *self.head[:2])), self.head[2:]
+        """(photo -> (pooled features, the same as descriptor, layout), pooled features ->
+        logits), sharing the weights."""
+        return Pooled(self.features, nn.Sequential(*self.head[:2])), self.head[2:]
 
 
 def _init(model: nn.Module) -> nn.Module:

@@ -19,7 +19,7 @@ import torchvision
 from torch import Tensor, nn
 
 from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.models.embedding import MultiLayerGeM, Pooled
+from landmark.models.embedding import MultiLayerGeM, TimmPooled
 from landmark.models.registry import register_model
 from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 
@@ -47,13 +47,13 @@ class TransferNet(nn.Module):
         return self.head(self.backbone(x))
 
     def split_head(self) -> tuple[nn.Module, nn.Module]:
-        """(photo -> (pooled features, descriptor), pooled features -> logits), sharing
+        """(photo -> (pooled features, descriptor, layout), pooled features -> logits), sharing
         the weights. EfficientNets describe a photo by GeM of their last two blocks and
         final map (landmark.models.embedding); other backbones by the pooled features."""
         if isinstance(self.backbone, timm.models.efficientnet.EfficientNet):
             n = len(self.backbone.blocks)
             return MultiLayerGeM(self.backbone, (n - 2, n - 1)), self.head
-        return Pooled(self.backbone), self.head
+        return TimmPooled(self.backbone), self.head
 
 
 def unavailable(name: str, err: Exception | str) -> BackboneUnavailable:
