@@ -16,16 +16,8 @@ from bench.report import update_section
 from landmark.cli import add_data_arg
 from landmark.data.layout import display_name
 from landmark.evaluate import evaluate
-from landmark.metrics import wilson_interval
+from landmark.metrics import share_text
 from landmark.resolve import bundled, resolve
-
-
-def _share(share: float, n: int) -> str:
-    """'0.961 (0.941–0.974)': a share with its 95% Wilson interval on n photos."""
-    if not n:
-        return f"{share:.3f}"
-    lo, hi = wilson_interval(share, n)
-    return f"{share:.3f} ({lo:.3f}–{hi:.3f})"
 
 
 def main() -> None:
@@ -44,10 +36,11 @@ def main() -> None:
     for name, r in reports.items():
         o = r.get("open_set", {})
         nan = float("nan")
-        lines.append(f"| {name} | {_share(r['top1'], r['n'])} | {_share(r['top3'], r['n'])} | "
+        lines.append(f"| {name} | {share_text(r['top1'], r['n'])} | "
+                     f"{share_text(r['top3'], r['n'])} | "
                      f"{r['ece']:.4f} | {o.get('auroc', nan):.4f} | "
-                     f"{_share(o.get('known_accepted', nan), o.get('n_known', 0))} | "
-                     f"{_share(o.get('unknown_rejected', nan), o.get('n_unknown', 0))} | "
+                     f"{share_text(o.get('known_accepted', nan), o.get('n_known', 0))} | "
+                     f"{share_text(o.get('unknown_rejected', nan), o.get('n_unknown', 0))} | "
                      f"{o.get('threshold', nan):.3f} |")
     names = list(reports)
     lines += ["", "Per-class test accuracy:", "",

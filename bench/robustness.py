@@ -24,13 +24,13 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from bench.accuracy import _share
 from bench.report import command_line, update_section
 from landmark import plots
 from landmark.cli import add_data_arg
 from landmark.data import default_val_split, scan_split
 from landmark.data.imageio import load_image, to_tensor
 from landmark.export import load_exported
+from landmark.metrics import share_text
 from landmark.resolve import resolve
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,10 +132,10 @@ def main() -> None:
     for name in DEGRADATIONS:
         for model, rows in results.items():
             r = rows[name]
-            right = _share(r["accepted_right"], r["n_accepted"])
+            right = share_text(r["accepted_right"], r["n_accepted"])
             if r["accepted_right"] < ACCEPTED_RIGHT_TARGET:
                 right = f"**{right}**"
-            lines.append(f"| {name} | {model} | {_share(r['top1'], r['n'])} | "
+            lines.append(f"| {name} | {model} | {share_text(r['top1'], r['n'])} | "
                          f"{r['accepted']:.3f} | {right} |")
     png = args.out.with_suffix(".png") if args.out else RESULTS / "robustness.png"
     png.parent.mkdir(parents=True, exist_ok=True)

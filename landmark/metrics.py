@@ -42,6 +42,14 @@ def per_class_rows(per_class: dict) -> list[tuple[str, str, int]]:
              v["support"]) for c, v in per_class.items()]
 
 
+def share_text(share: float, n: int) -> str:
+    """'0.961 (0.941–0.974)': a share with its 95% Wilson interval on n photos."""
+    if not n:
+        return f"{share:.3f}"
+    lo, hi = wilson_interval(share, n)
+    return f"{share:.3f} ({lo:.3f}–{hi:.3f})"
+
+
 def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% (z = 1.96) Wilson score interval of a share observed on n photos."""
     if n == 0:

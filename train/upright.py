@@ -35,7 +35,7 @@ from tqdm import tqdm
 from landmark.data.imageio import ImageError, to_tensor
 from landmark.data.layout import list_images
 from landmark.export import ExportError, Upright, wrap
-from landmark.metrics import wilson_interval
+from landmark.metrics import share_text
 from landmark.predict import Predictor
 from train.reexport import rebuild, reexport
 
@@ -129,13 +129,11 @@ def choose(probs: Tensor, max_false_turns: float) -> Choice:
 
 
 def describe(c: Choice) -> str:
-    def share(x: float, n: int) -> str:
-        lo, hi = wilson_interval(x, n)
-        return f"{x:.1%} ({lo:.1%}-{hi:.1%})"
+    """One line: the threshold and its out-of-fold shares with 95% Wilson intervals."""
     return (f"threshold {c.threshold:.3f}, out of fold on {c.photos} photos: upright photos "
-            f"turned {share(c.upright_turned, c.photos)}; photos on their side or upside "
-            f"down set upright {share(c.turned_righted, 3 * c.photos)}, turned the wrong "
-            f"way {share(c.turned_wrongly, 3 * c.photos)}")
+            f"turned {share_text(c.upright_turned, c.photos)}; photos on their side or "
+            f"upside down set upright {share_text(c.turned_righted, 3 * c.photos)}, turned "
+            f"the wrong way {share_text(c.turned_wrongly, 3 * c.photos)}")
 
 
 def main(argv: list[str] | None = None) -> int:
