@@ -116,7 +116,7 @@ def test_train_upright_learns_turns_from_real_photos(tmp_path: Path) -> None:
         assert torch.allclose(load_exported(again).module(x), head.module(x), atol=1e-6)
 
 
-def test_too_few_photos_or_a_frozen_file_is_one_clear_error(
+def test_a_missing_folder_too_few_photos_or_a_frozen_file_is_one_clear_error(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     few = tmp_path / "few"
     few.mkdir()
@@ -135,3 +135,6 @@ def test_too_few_photos_or_a_frozen_file_is_one_clear_error(
                           freeze=True)
     assert upright([str(frozen), "--photos", str(few), "--out", str(out)]) == 1
     assert "is frozen" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as stop:
+        upright([str(MODELS_DIR / "scratch.pt"), "--photos", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "nowhere: no such folder" in capsys.readouterr().err

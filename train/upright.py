@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 <= args.max_false_turns < 1 or args.folds < 2:
         p.error("--max-false-turns must be in [0, 1) and --folds at least 2")
+    for folder in args.photos:
+        if not folder.is_dir():
+            p.error(f"--photos {folder}: no such folder")
     command = shlex.join(["python", "-m", "train.upright", *(argv or sys.argv[1:])])
     photos = [f for d in args.photos for f in list_images(d)]
     try:
