@@ -1,4 +1,4 @@
-"""Teaching new places: accuracy against shots, the open world, adding, and scale.
+r"""Teaching new places: accuracy against shots, the open world, adding, and scale.
 
     python -m bench.places --data ../shared/data/landmark_images \
         --places ../shared/data/new_places --known-extra ../shared/data/landmark_extra \

@@ -18,7 +18,7 @@ from landmark.export import load_exported
 from landmark.predict import Predictor
 from landmark.presets import EvalPreprocess
 from tests.conftest import REPO, real_photos
-from train import fast
+from train import fast, retune
 from train.reexport import rebuild
 
 
@@ -58,6 +58,38 @@ def test_fast_model_is_the_same_network_at_the_smaller_size(model_48: Path, tiny
             want = calibrated_softmax(net(EvalPreprocess(small)(x)), meta["temperature"],
                                       meta["background_logit"])
             assert torch.allclose(model.module(x), want, atol=1e-5)
+
+
+def test_retune_chooses_the_mirror_view_again_and_keeps_the_record(
+        model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """train.retune: the same weights and preset, with flip TTA on, scored as the mean of
+    the calibrated view and its mirror image; off again, one view; the training record
+    kept, the command recorded, the threshold chosen again."""
+    args = ["--data", str(tiny_data), "--cache-dir", str(tmp_path / "cache")]
+    source = load_exported(model_48).metadata
+    net, preset, _ = rebuild(model_48)
+    photos = [to_tensor(load_image(p))[None].float() / 255
+              for p in real_photos("11.Niagara_Falls", "test", 2)]
+    for tta, flip in (("on", True), ("off", False)):
+        out = tmp_path / f"{tta}.pt"
+        assert retune.main([str(model_48), "--tta", tta, "--out", str(out), *args]) == 0
+        model = load_exported(out)
+        meta = model.metadata
+        assert meta["tta_flip"] is flip and meta["frozen"] is False
+        assert meta["preset"] == source["preset"] and meta["command"] == source["command"]
+        assert "train.retune" in meta["retune_command"] and 0 < meta["reject_threshold"] < 1
+        assert (tmp_path / f"{tta}.report.json").exists()
+        for x in photos:
+            with torch.no_grad():
+                views = [EvalPreprocess(preset)(x)]
+                views += [views[0].flip(-1)] if flip else []
+                want = torch.stack([calibrated_softmax(net(v), meta["temperature"],
+                                                       meta["background_logit"])
+                                    for v in views]).mean(0)
+                assert torch.allclose(model.module(x), want, atol=1e-5)
+    with torch.no_grad():  # the mirror image changes these photos' scores: the test can fail
+        x = EvalPreprocess(preset)(photos[0])
+        assert not torch.allclose(net(x), net(x.flip(-1)), atol=1e-3)
 
 
 def test_bad_requests_are_one_clear_error(model_48: Path, tiny_data: Path, tmp_path: Path,

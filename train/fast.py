@@ -1,4 +1,4 @@
-"""A faster model file from a trained one: the same weights at a smaller input, frozen.
+r"""A faster model file from a trained one: the same weights at a smaller input, frozen.
 
     python -m train.fast models/transfer.pt --crop-size 224 \
         --data ../shared/data/landmark_images --out models/transfer_fast.pt
@@ -27,6 +27,7 @@ import math
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -37,11 +38,11 @@ from torch import Tensor, nn
 
 from landmark.cli import add_data_arg
 from landmark.data import DatasetError
-from landmark.data.cache import DEFAULT_CACHE_DIR
+from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit
 from landmark.export import Exported, ExportError, export_model, kept_parts
 from landmark.predict import Predictor
 from landmark.presets import Preset
-from train.assess import assess
+from train.assess import ThresholdRule, assess
 from train.places import add_known_extra_arg, known_photos
 from train.reexport import rebuild
 from train.runner import headline_metrics, load_splits, setup_logging, write_report
@@ -74,14 +75,16 @@ def data_args(args: argparse.Namespace, meta: dict) -> argparse.Namespace:
 
 
 @dataclass
-class FastNet:
-    """A network at its new preset, and what every export of it needs."""
+class Derived:
+    """A network rebuilt from a model file, at the preset it is exported with, and what
+    every export of it needs."""
 
     name: str
     net: nn.Module
     preset: Preset
     source: Exported
     samples: list[Tensor]
+    freeze: bool = True
 
     def inherited(self) -> dict:
         """The source file's metadata that still holds at the new size: what it was
@@ -89,35 +92,61 @@ class FastNet:
         return {k: v for k, v in self.source.metadata.items() if k not in CONTRACT_KEYS}
 
     def export(self, path: Path, meta: dict, temperature: float,
-               background: float | None) -> Path:
+               background: float | None, flip: bool = False) -> Path:
         return export_model(self.net, self.preset, self.source.classes, meta, path,
-                            self.samples, temperature=temperature, background=background,
-                            freeze=True, **kept_parts(self.source.module))
+                            self.samples, temperature=temperature, flip=flip,
+                            background=background, freeze=self.freeze,
+                            **kept_parts(self.source.module))
 
 
-def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
-    """Export args.model at args.crop_size to args.out; returns (path, report)."""
-    net, preset, exp = rebuild(args.model)
-    small = smaller(preset, args.crop_size)
-    data = load_splits(data_args(args, exp.metadata), small)
-    fast = FastNet(args.out.name, net, small, exp,
-                   [img.float() / 255.0 for img in data["val"].images[:4]])
-    rule = partial(matched_threshold, fast, args.match, args.data,
-                   args.known_extra) if args.match else None
-    report, settings = assess(net, small, data, "off", True, args.accept_known,
+def derive(args: argparse.Namespace, preset: Callable[[Preset], Preset] = lambda p: p,
+           freeze: bool = True) -> tuple[Derived, dict[str, CachedSplit]]:
+    """args.model rebuilt at `preset`(its own preset), and the trainers' splits for it."""
+    net, own, exp = rebuild(args.model)
+    new = preset(own)
+    data = load_splits(data_args(args, exp.metadata), new)
+    return Derived(args.out.name, net, new, exp,
+                   [img.float() / 255.0 for img in data["val"].images[:4]], freeze), data
+
+
+def export_chosen(args: argparse.Namespace, target: Derived, data: dict[str, CachedSplit],
+                  tta: str, provenance: dict, rule: ThresholdRule | None = None) -> dict:
+    """Choose flip, temperature and reject threshold by the trainers' rule (or `rule`),
+    export `target` to args.out with `provenance` in its metadata; returns the report."""
+    report, settings = assess(target.net, target.preset, data, tta, True, args.accept_known,
                               exposure="outliers" in data, given=rule)
-    meta = fast.inherited()
-    meta.update(name=args.out.stem, derived_from=str(args.model), fast_command=command,
+    meta = target.inherited()
+    meta.update(name=args.out.stem, derived_from=str(args.model), **provenance,
                 date=datetime.now(UTC).isoformat(timespec="seconds"),
                 metrics=headline_metrics(report),
                 reject_threshold=settings.reject_threshold,
                 open_set=report.get("open_set", {}).get("shipped"))
-    fast.export(args.out, meta, settings.temperature, settings.background)
-    write_report(report, [], exp.classes, args.out)
-    return args.out, report
+    target.export(args.out, meta, settings.temperature, settings.background, settings.flip)
+    write_report(report, [], target.source.classes, args.out)
+    return report
 
 
-def matched_threshold(fast: FastNet, reference: Path, data: Path, extra: list[Path],
+def add_choice_args(p: argparse.ArgumentParser) -> None:
+    """The options of a command that chooses a file's calibration again."""
+    add_data_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="where to write the model file")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share carved from train, as the model was trained")
+    p.add_argument("--accept-known", type=float, default=0.95,
+                   help="share of validation photos the reject threshold keeps at least")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help="decoded-photo cache")
+
+
+def make_fast(args: argparse.Namespace, command: str) -> tuple[Path, dict]:
+    """Export args.model at args.crop_size to args.out; returns (path, report)."""
+    fast, data = derive(args, partial(smaller, crop=args.crop_size))
+    rule = partial(matched_threshold, fast, args.match, args.data,
+                   args.known_extra) if args.match else None
+    return args.out, export_chosen(args, fast, data, "off", {"fast_command": command}, rule)
+
+
+def matched_threshold(fast: Derived, reference: Path, data: Path, extra: list[Path],
                       temperature: float, background: float | None) -> tuple[float, str]:
     """(threshold, origin): where `fast`, calibrated with `temperature` and `background`,
     accepts the same share of known photos (the validation split of `data` plus `extra`'s,
@@ -141,16 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.fast", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="trained model file (not frozen)")
-    add_data_arg(p)
+    add_choice_args(p)
     p.add_argument("--crop-size", type=int, default=224,
                    help="input side of the fast model (default 224)")
-    p.add_argument("--out", type=Path, required=True, help="where to write the fast model")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="validation share carved from train, as the model was trained")
-    p.add_argument("--accept-known", type=float, default=0.95,
-                   help="share of validation photos the reject threshold keeps at least")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                   help="decoded-photo cache")
     p.add_argument("--match", type=Path, default=None, metavar="FLOAT.pt",
                    help="choose the reject threshold where the fast file accepts the same "
                         "share of known photos as this model file does at its own (see "

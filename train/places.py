@@ -1,4 +1,4 @@
-"""Choose how taught places compete with a model's classes, on places it never saw.
+r"""Choose how taught places compete with a model's classes, on places it never saw.
 
     python -m train.places models/transfer.pt --places ../shared/data/new_places \
         --data ../shared/data/landmark_images \

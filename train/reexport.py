@@ -1,4 +1,4 @@
-"""Export a model file again under the current contract, from the file's own weights.
+r"""Export a model file again under the current contract, from the file's own weights.
 
     python -m train.reexport models/transfer.pt                  # in place
     python -m train.reexport models/scratch.pt --out /tmp/s.pt
