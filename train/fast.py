@@ -87,7 +87,7 @@ class Derived:
     freeze: bool = True
 
     def inherited(self) -> dict:
-        """The source file's metadata that still holds at the new size: what it was
+        """The source file's metadata that still holds for the new export: what it was
         trained on and how, not what the export contract or the calibration sets."""
         return {k: v for k, v in self.source.metadata.items() if k not in CONTRACT_KEYS}
 
@@ -101,7 +101,8 @@ class Derived:
 
 def derive(args: argparse.Namespace, preset: Callable[[Preset], Preset] = lambda p: p,
            freeze: bool = True) -> tuple[Derived, dict[str, CachedSplit]]:
-    """args.model rebuilt at `preset`(its own preset), and the trainers' splits for it."""
+    """args.model rebuilt, at `preset` applied to its own preset (its own by default),
+    and the trainers' splits decoded at that preset."""
     net, own, exp = rebuild(args.model)
     new = preset(own)
     data = load_splits(data_args(args, exp.metadata), new)
