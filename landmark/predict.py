@@ -56,6 +56,12 @@ def distinct_tags(tags: list[str]) -> list[str]:
             if t not in tags[:i] and not any(holds(o, t) for o in tags)]
 
 
+def decode_side(resize_size: int) -> int:
+    """The longest side a photo is decoded at for a model resizing to `resize_size`: big
+    photos are decoded at reduced scale, still well above what the model resizes to."""
+    return 2 * resize_size
+
+
 class Predictor:
     """Loads one model file (the export contract) and returns top-k landmarks for photos:
     the model's classes and, with a place store, the places a user taught."""
@@ -66,8 +72,7 @@ class Predictor:
         self.module, self.classes, self.metadata = (exported.module, exported.classes,
                                                     exported.metadata)
         preset = self.metadata.get("preset", {})
-        # decode big photos at reduced scale, still well above what the model resizes to
-        self.decode_side = 2 * int(preset.get("resize_size", 256))
+        self.decode_side = decode_side(int(preset.get("resize_size", 256)))
         self.reject_threshold = float(self.metadata.get("reject_threshold", 0.0))
         chosen = self.metadata.get("places", {})
         self.calibration = Calibration(**{f.name: chosen[f.name] for f in fields(Calibration)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from landmark.data.imageio import to_tensor
+from landmark.data.imageio import load_image, to_tensor
 from landmark.data.layout import list_images
 from landmark.export import (
     Exported,
@@ -45,7 +46,7 @@ from landmark.export import (
 )
 from landmark.models import create_model
 from landmark.models.transfer import BACKBONES
-from landmark.predict import Predictor
+from landmark.predict import decode_side
 from landmark.presets import Preset
 
 
@@ -85,7 +86,7 @@ def fit_projection(path: Path, photos: list[Path], k: int) -> Tensor:
     of `photos`, decoded as the app decodes them."""
     net, preset, exp = rebuild(path)
     eager = wrap(net, preset, flip=exp.metadata["tta_flip"])
-    load = Predictor(path).load
+    load = partial(load_image, max_side=decode_side(preset.resize_size))
     with torch.no_grad():
         emb = torch.cat([eager.embed(to_tensor(load(f))[None].float() / 255.0)
                          for f in tqdm(photos, desc="embed", unit="photo")])

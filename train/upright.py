@@ -25,6 +25,7 @@ import argparse
 import shlex
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from landmark.data.imageio import ImageError, to_tensor
+from landmark.data.imageio import ImageError, load_image, to_tensor
 from landmark.data.layout import list_images
 from landmark.export import ExportError, Upright, wrap
 from landmark.metrics import share_text
-from landmark.predict import Predictor
+from landmark.predict import decode_side
 from train.reexport import rebuild, reexport
 
 MIN_PHOTOS = 20
@@ -61,7 +62,7 @@ def turned_layouts(model: Path, photos: list[Path]) -> Tensor:
     rebuilt from the file, so files exported before the layout existed work too."""
     net, preset, _ = rebuild(model)
     eager = wrap(net, preset)
-    load = Predictor(model).load
+    load = partial(load_image, max_side=decode_side(preset.resize_size))
     out = []
     for path in tqdm(photos, desc="layouts", unit="photo"):
         try:
