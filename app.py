@@ -1,6 +1,7 @@
 """Landmark Tagger: upload photos, get the landmark, its location and hashtags.
 
-    python app.py      serve the web demo on 127.0.0.1:7860 (GRADIO_SERVER_PORT)
+    python app.py      serve the web demo on 127.0.0.1:7860 (GRADIO_SERVER_PORT), with
+                       the HTTP API of landmark.serve on the same port (/v1/, /docs)
 
 Models: found by name through landmark.resolve (the Hub repos in LANDMARK_HUB_REPO, then
 huggingface_hub's cache, then the files bundled in models/). Batch tagging from the shell
@@ -26,7 +27,6 @@ import argparse
 import atexit
 import html
 import logging
-import math
 import os
 import re
 import shutil
@@ -37,14 +37,17 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import uvicorn
 
-from landmark.data.imageio import ImageError
 from landmark.geotag import GeotagError, geotagged_copy
+from landmark.imageio import ImageError
 from landmark.places import PlaceError, PlaceStore
 from landmark.places import store as place_rules
 from landmark.places.teach import teach
-from landmark.predict import Predictor
+from landmark.predict import MAX_K, Predictor, parse_k
 from landmark.resolve import available
+from landmark.serve import Settings, create_app
+from landmark.serve.tenants import read_keys
 from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 from landmark.worldmap import world_svg
 
@@ -52,7 +55,6 @@ ROOT = Path(__file__).parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "25mb"
 MAX_PHOTOS = 24
-MAX_K = 10
 KEEP_DOWNLOADS_S = 3600
 KEEP_PLACES_S = 24 * 3600  # a public session's taught places, once unchanged this long
 log = logging.getLogger("app")
@@ -61,18 +63,6 @@ log = logging.getLogger("app")
 def load_predictors() -> dict[str, Predictor]:
     """Every model found (Hub or bundled), ready to serve, the best one first."""
     return {name: Predictor(path) for name, path in available().items()}
-
-
-def parse_k(k: object) -> int:
-    """How many landmarks to list: a number, rounded to the nearest whole one (halves up,
-    2.5 -> 3) and kept within 1..MAX_K. Raises ValueError on anything else."""
-    try:
-        value = float(k)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(f"k must be a number from 1 to {MAX_K}, got {k!r}")
-    return max(1, min(MAX_K, math.floor(value + 0.5)))
 
 
 def tag_file(predictors: dict[str, Predictor], path: str | Path, model_name: str,
@@ -395,10 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no model files found (models/*.pt or LANDMARK_HUB_REPO)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so atexit clean-up runs
-    build_demo(predictors).queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        max_file_size=MAX_FILE_SIZE)
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+    service = create_app(Settings(api_keys=read_keys(os.environ.get("LANDMARK_API_KEYS"), None),
+                                  public=private_places()), predictors)
+    demo = build_demo(predictors).queue(default_concurrency_limit=2)
+    app = gr.mount_gradio_app(service, demo, path="/", max_file_size=MAX_FILE_SIZE)
+    log.info("the app and the HTTP API (/v1/, docs at /docs) on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
+                timeout_keep_alive=5)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.accuracy --data ../shared/data/landmark_images
 
-Runs landmark.evaluate on each models/*.pt (the TorchScript files themselves) and writes its
+Runs train.evaluate on each models/*.pt (the TorchScript files themselves) and writes its
 section of BENCHMARKS.md: top-1, top-3, ECE, the open-set figures at each model's own
 threshold, and per-class accuracy.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from bench.report import update_section
 from landmark.cli import add_data_arg
-from landmark.data.layout import display_name
-from landmark.evaluate import evaluate
+from landmark.facts import display_name
 from landmark.metrics import share_text
 from landmark.resolve import bundled, resolve
+from train.evaluate import evaluate
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file
 
 from bench.report import update_section
 from landmark.cli import add_data_arg
-from landmark.data import scan_split
+from train.data import scan_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,14 +22,14 @@ import torch
 
 from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
-from landmark.data import scan_split
-from landmark.export import ExportError, export_model, kept_parts, wrap
-from landmark.models import create_model
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR, resolve
 from landmark.tag import run as tag_run
 from landmark.tag import stream_plan, torch_threads
-from train.reexport import rebuild
+from train.data import scan_split
+from train.export import ExportError, export_model, kept_parts, wrap
+from train.finish.reexport import rebuild
+from train.models import create_model
 
 LATENCY_PHOTOS = 60
 

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from bench.report import update_section
 from landmark.cli import add_data_arg
-from landmark.data import TensorImageDataset, scan_split
-from landmark.data.cache import cached_split
-from landmark.data.datasets import resolve_workers
-from landmark.engine import TrainConfig, Trainer
-from landmark.models import create_model
-from landmark.presets import train_transform
+from landmark.imageio import resolve_workers
+from train.data import TensorImageDataset, scan_split
+from train.data.cache import cached_split
+from train.engine import TrainConfig, Trainer
+from train.models import create_model
+from train.presets import train_transform
 
 
 def time_epoch(trainer: Trainer, loader: DataLoader) -> float:

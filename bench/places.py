@@ -7,7 +7,7 @@ r"""Teaching new places: accuracy against shots, the open world, adding, and sca
 - Accuracy: among the 58 places of --places, for 1, 3, 5 and 10 taught photos a place
   (seeded; the rest queried), top-1 of the best-scoring place (`PlaceIndex.best`); a
   PNG beside.
-- Open world: the protocol of `python -m train.places` (two folds over places), and
+- Open world: the protocol of `python -m train.finish.places` (two folds over places), and
   test/ top-1 with every place taught under the rule stored in the model file.
 - Adding a place of 10 photos through `landmark.places.teach`, tagging latency with
   1e5 stored vectors (5,000 places of 20) against none, and the first tag over that
@@ -33,10 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.report import take_turns, update_section
-from landmark import plots
 from landmark.cli import add_data_arg
-from landmark.data import scan_split
-from landmark.data.layout import list_images
+from landmark.imageio import list_images
 from landmark.metrics import wilson_interval
 from landmark.places import Place, PlaceIndex, PlaceStore
 from landmark.places.index import EXACT_MAX, PROBES, ivf_lists, one_thread
@@ -44,7 +42,9 @@ from landmark.places.store import MAX_PHOTOS
 from landmark.places.teach import teach
 from landmark.predict import Predictor
 from landmark.resolve import resolve
-from train import places as protocol
+from train import plots
+from train.data import scan_split
+from train.finish import places as protocol
 
 SHOTS = (1, 3, 5, 10)
 BIG_PLACES = 5_000  # x MAX_PHOTOS = the 1e5 stored vectors of the latency target
@@ -196,7 +196,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["transfer", "scratch"],
                    help="model names or .pt files")
     p.add_argument("--known-extra", type=Path, action="append", default=[], metavar="ROOT",
-                   help="as for train.places: known-landmark photos the models never "
+                   help="as for train.finish.places: known-landmark photos the models never "
                    "trained on, for the margin")
     p.add_argument("--no-scale", action="store_true", help="skip the synthetic scale part")
     args = p.parse_args()
@@ -245,8 +245,8 @@ def main() -> None:
               "half of the places, the tuning unknown photos and "
               f"{len(known.labels)} known-landmark photos the model never trained on, "
               "scored on the other half and the held-out unknown photos, halves swapped and "
-              "pooled (`python -m train.places`). Test top-1 with all places taught uses the "
-              "rule stored in the model file (its margin shown).",
+              "pooled (`python -m train.finish.places`). Test top-1 with all places taught uses "
+              "the rule stored in the model file (its margin shown).",
               "", "| model | queries | named right and accepted | unknown photos | "
               "unknown rejected | margin | test top-1, all places taught |",
               "|---|---|---|---|---|---|---|", *worlds, "",

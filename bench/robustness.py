@@ -25,13 +25,13 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from bench.report import command_line, update_section
-from landmark import plots
 from landmark.cli import add_data_arg
-from landmark.data import default_val_split, scan_split
-from landmark.data.imageio import load_image, to_tensor
-from landmark.export import load_exported
+from landmark.contract import load_exported
+from landmark.imageio import load_image, to_tensor
 from landmark.metrics import share_text
 from landmark.resolve import resolve
+from train import plots
+from train.data import default_val_split, scan_split
 
 RESULTS = Path(__file__).parent / "results"
 ACCEPTED_RIGHT_TARGET = 0.97

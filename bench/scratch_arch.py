@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from landmark.cli import add_data_arg
-from landmark.models import create_model
 from train import scratch
+from train.models import create_model
 
 
 def main() -> None:

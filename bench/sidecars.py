@@ -22,10 +22,10 @@ from pathlib import Path
 
 from bench.report import update_section
 from landmark.cli import add_data_arg
-from landmark.data import scan_split
 from landmark.predict import Predictor
 from landmark.resolve import resolve
 from landmark.tag import Sidecars, run
+from train.data import scan_split
 
 
 def timed_run(photos: list[Path], predictor: Predictor, root: Path,

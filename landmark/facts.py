@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from landmark.data.layout import display_name
-
 FACTS_CSV = Path(__file__).with_name("facts.csv")
+
+
+def display_name(folder: str) -> str:
+    """A class folder's landmark name: '05.Golden_Gate_Bridge' -> 'Golden Gate Bridge'."""
+    return re.sub(r"^\d+\.", "", folder).replace("_", " ").strip()
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Fact:
     lat: float
     lon: float
     hashtags: tuple[str, ...]
+    wikidata: str = ""  # its Wikidata id, where one was recorded
 
     def location(self) -> dict:
         return {"city": self.city, "country": self.country, "lat": self.lat, "lon": self.lon}
@@ -41,7 +45,7 @@ def all_facts() -> dict[str, Fact]:
     with open(FACTS_CSV, newline="", encoding="utf-8") as f:
         return {_key(r["landmark"]): Fact(r["landmark"], r["city"], r["country"],
                                           float(r["lat"]), float(r["lon"]),
-                                          tuple(r["hashtags"].split()))
+                                          tuple(r["hashtags"].split()), r.get("wikidata", ""))
                 for r in csv.DictReader(f)}
 
 

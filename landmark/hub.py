@@ -32,7 +32,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from landmark.export import load_exported
+from landmark.contract import load_exported
 from landmark.metrics import per_class_rows
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,17 @@ def model_card(meta: dict, report: dict, repo_id: str, figures: list[str]) -> st
                   f"photos set upright, {upright['upright_turned']:.1%} of upright ones "
                   f"turned. Made by `{upright['command']}`."]
     lines += ["", *[f"![{f}]({f})" for f in figures], "", "## Training command", "",
-              "```bash", meta.get("command", "(unknown)"), "```", ""]
+              "```bash", *recipe(meta), "```", ""]
     return "\n".join(lines)
+
+
+def recipe(meta: dict) -> list[str]:
+    """The commands that made a file, in the order its metadata recorded them: the
+    trainer's `command`, then each later step's `*_command` (upright head, retune, place
+    rule...), so a model card shows the whole recipe and not only its first step."""
+    steps = [f"# {key.removesuffix('_command')}\n{value}" for key, value in meta.items()
+             if key.endswith("_command") and value]
+    return [meta.get("command", "(unknown)"), *steps]
 
 
 def json_yaml(obj: dict) -> str:

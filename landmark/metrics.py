@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from landmark.data.layout import display_name
+from landmark.facts import display_name
 
 
 def topk_accuracy(probs: Tensor, labels: Tensor, k: int = 1) -> float:

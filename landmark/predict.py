@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import fields
@@ -13,11 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from landmark.data.imageio import load_image, to_tensor
-from landmark.data.layout import display_name
-from landmark.export import MIN_SIDE, load_exported
-from landmark.facts import lookup, nearest
+from landmark.contract import MIN_SIDE, load_exported
+from landmark.facts import display_name, lookup, nearest
 from landmark.geotag import read_gps
+from landmark.imageio import cache_image, load_image, to_tensor
 from landmark.places import (
     Calibration,
     Place,
@@ -32,6 +32,19 @@ from landmark.places.index import stacked
 GENERIC_HASHTAGS = ("#travel", "#landmark")
 TAUGHT_CACHE = 32  # place stores whose index stays built (the app: one a session)
 MAX_ASPECT = 6.0  # a wider strip than this (a 6:1 panorama) shows too little to call
+MAX_K = 10  # landmarks a record lists at most
+
+
+def parse_k(k: object) -> int:
+    """How many landmarks to list: a number, rounded to the nearest whole one (halves up,
+    2.5 -> 3) and kept within 1..MAX_K. Raises ValueError on anything else."""
+    try:
+        value = float(k)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"k must be a number from 1 to {MAX_K}, got {k!r}")
+    return max(1, min(MAX_K, math.floor(value + 0.5)))
 
 
 def unusable(size: tuple[int, int]) -> str | None:
@@ -72,7 +85,9 @@ class Predictor:
         self.module, self.classes, self.metadata = (exported.module, exported.classes,
                                                     exported.metadata)
         preset = self.metadata.get("preset", {})
-        self.decode_side = decode_side(int(preset.get("resize_size", 256)))
+        self.resize_size = int(preset.get("resize_size", 256))
+        self.interpolation = str(preset.get("interpolation", "bilinear"))
+        self.decode_side = decode_side(self.resize_size)
         self.reject_threshold = float(self.metadata.get("reject_threshold", 0.0))
         chosen = self.metadata.get("places", {})
         self.calibration = Calibration(**{f.name: chosen[f.name] for f in fields(Calibration)
@@ -83,6 +98,18 @@ class Predictor:
     def load(self, src: str | Path | BinaryIO) -> Image.Image:
         """Any photo source -> RGB PIL image, reduced for memory (raises ImageError)."""
         return load_image(src, max_side=self.decode_side)
+
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        """A decoded photo as the uint8 (3, S, S) square the model file resizes it to
+        (S = its resize size): photos of any shape then stack into one batch, and the
+        answer is the one `forward` gives the batch tagger and the service alike."""
+        return cache_image(to_tensor(img), self.resize_size, self.interpolation)
+
+    @torch.no_grad()
+    def forward(self, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) probabilities and (N, D) embeddings of a uint8 (N, 3, S, S) batch from
+        `prepare`: the one inference path of `landmark.tag` and `landmark.serve`."""
+        return self.module.probs_and_embedding(squares.float() / 255.0)
 
     @torch.no_grad()
     def run(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:

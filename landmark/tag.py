@@ -36,14 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from landmark.cli import part
-from landmark.data.datasets import resolve_workers
-from landmark.data.imageio import ImageError, to_tensor
-from landmark.data.layout import list_images
 from landmark.geotag import GeotagError, geotagged_copy, read_gps
+from landmark.imageio import ImageError, list_images, resolve_workers
 from landmark.places import PlaceError, PlaceStore
 from landmark.places.store import default_store
 from landmark.predict import Predictor, unusable
-from landmark.presets import cache_image
 from landmark.resolve import resolve
 from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 
@@ -90,8 +87,7 @@ class PhotoDataset(Dataset):
 
     def __init__(self, files: list[Path], predictor: Predictor) -> None:
         self.files, self.predictor = files, predictor
-        self.size = int(predictor.metadata["preset"]["resize_size"])
-        self.interpolation = predictor.metadata["preset"]["interpolation"]
+        self.size = predictor.resize_size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -108,7 +104,7 @@ class PhotoDataset(Dataset):
         refused = unusable(img.size)
         if refused:
             return i, blank, "", refused, gps
-        return i, cache_image(to_tensor(img), self.size, self.interpolation), "", "", gps
+        return i, self.predictor.prepare(img), "", "", gps
 
 
 class Writer:
@@ -223,9 +219,7 @@ def _forward(predictor: Predictor, batch: list) -> tuple[list, torch.Tensor, tor
     ok = [j for j, e in enumerate(batch[2]) if not e]
     if not ok:
         return batch, torch.empty(0), torch.empty(0)
-    with torch.no_grad():
-        probs, emb = predictor.module.probs_and_embedding(batch[1][ok].float() / 255.0)
-    return batch, probs, emb
+    return batch, *predictor.forward(batch[1][ok])
 
 
 def _in_streams(loader: DataLoader, predictor: Predictor, streams: int,

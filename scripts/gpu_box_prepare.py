@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from landmark.data.datasets import split_unknown
-from landmark.data.imageio import load_image, to_tensor
-from landmark.data.layout import list_images
-from landmark.models.transfer import lite_weights_file
-from landmark.presets import cache_image
+from landmark.imageio import cache_image, list_images, load_image, to_tensor
+from train.data.datasets import split_unknown
+from train.models.transfer import lite_weights_file
 
 SIZE = 292
 STUB = '''def register_heif_opener() -> None:

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
-from landmark.data import imageio  # noqa: F401  (registers the HEIF codec)
-from tests.conftest import REPO, real_photos
+from landmark import imageio  # noqa: F401  (registers the HEIF codec)
+from tests.conftest import REPO, real_photos, unavailable
 
 EXAMPLES = REPO / "examples"
 
@@ -221,17 +222,31 @@ def test_download_folders_go_when_the_app_stops(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("landmark-*"))
 
 
-def _browser(p: object) -> object:
-    """Debian's Chromium; without it the test is skipped, except under CI."""
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
+def _browser(p: object, exe: str | None = None) -> object:
+    """Debian's Chromium; missing, or present but unable to start, the test is skipped
+    with the reason, except under CI (conftest.unavailable)."""
+    exe = exe or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(exe).exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Debian's chromium (apt-get install chromium)")
-        pytest.skip("no Chromium: apt-get install chromium (CI installs it)")
-    return p.chromium.launch(
-        executable_path=exe,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run"])
+        unavailable("no Chromium: apt-get install chromium (CI installs it)")
+    try:
+        return p.chromium.launch(
+            executable_path=exe, timeout=60_000,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+    except PlaywrightError as e:
+        unavailable(f"Chromium at {exe} does not start: {str(e).splitlines()[0]}")
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", pytest.skip.Exception),
+                                             ("true", pytest.fail.Exception)])
+def test_a_chromium_that_cannot_start_skips_and_fails_under_ci(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type) -> None:
+    broken = tmp_path / "chromium"
+    broken.write_text("#!/bin/sh\necho 'cannot open display' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CI", ci)
+    with sync_playwright() as p, pytest.raises(outcome, match="does not start"):
+        _browser(p, str(broken))
 
 
 def test_browser_upload_switch_model_and_read_tags(app_url: str, tmp_path: Path) -> None:
@@ -311,7 +326,7 @@ def test_teach_through_the_api_then_tag_and_sessions_stay_apart(tmp_path: Path) 
     """Private places (as on Spaces): a visitor teaches a place and their next upload is
     tagged with it, no restart; another visitor sees none of it. Bad input is one clear
     message."""
-    from landmark.data.layout import list_images
+    from landmark.imageio import list_images
     from tests.conftest import SHARED
     falls = list_images(SHARED.parent / "new_places" / "Comet_Falls")
     with running_app(HF_HUB_OFFLINE="1", LANDMARK_PRIVATE_PLACES="1",
@@ -353,7 +368,7 @@ def test_sidecar_download_for_a_heic_upload(client: Client, tmp_path: Path) -> N
 
 def test_browser_teach_tab_lists_and_removes_a_place(app_url: str) -> None:
     """The Teach a place tab: photos and a name in, the place in the table, then gone."""
-    from landmark.data.layout import list_images
+    from landmark.imageio import list_images
     from tests.conftest import SHARED
     falls = list_images(SHARED.parent / "new_places" / "Comet_Falls")[:3]
     name = "Browser Falls"

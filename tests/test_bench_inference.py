@@ -5,11 +5,11 @@ from pathlib import Path
 import torch
 
 from bench.inference import bench_model, latencies, row
-from landmark.export import export_model
-from landmark.models import create_model
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR
 from tests.conftest import real_photos
+from train.export import export_model
+from train.models import create_model
 
 
 def test_every_path_is_measured_and_a_frozen_file_has_no_eager_columns(tmp_path: Path) -> None:

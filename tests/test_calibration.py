@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from landmark.calibration import (
+from train.calibration import (
     auroc,
     expected_calibration_error,
     fit_temperature,
@@ -94,9 +94,10 @@ def test_choose_background_only_when_it_helps() -> None:
 def test_exported_softmax_is_the_eager_one(tmp_path: Path, background: float | None) -> None:
     """The background-logit softmax the calibration code tunes is the very one a model
     file computes: the scripted and the eager results agree."""
-    from landmark.export import export_model, load_exported
-    from landmark.models import create_model
-    from landmark.presets import EvalPreprocess
+    from landmark.contract import load_exported
+    from train.export import export_model
+    from train.models import create_model
+    from train.presets import EvalPreprocess
     torch.manual_seed(0)
     net = create_model("tiny_cnn", 3).eval()
     x = torch.rand(4, 3, 40, 40)

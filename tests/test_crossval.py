@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark.calibration import reject_threshold
-from landmark.data import scan_split, stratified_split
-from landmark.export import load_exported
+from landmark.contract import load_exported
 from tests.conftest import REPO, SHARED
+from train.calibration import reject_threshold
 from train.crossval import fold_env, summarize
+from train.data import scan_split, stratified_split
 
 TINY = ["--model", "tiny_cnn", "--epochs", "2", "--batch-size", "8", "--workers", "0"]
 

@@ -1,4 +1,4 @@
-"""`python -m landmark.data download` against a real HTTP server on 127.0.0.1."""
+"""`python -m train.data download` against a real HTTP server on 127.0.0.1."""
 
 import io
 import subprocess
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from landmark.data import scan_split
-from landmark.data.download import DownloadError, download_dataset
 from tests.conftest import REPO, real_photos
 from tests.http_server import FileServer
+from train.data import scan_split
+from train.data.download import DownloadError, download_dataset
 
 
 def _zip() -> bytes:
@@ -62,7 +62,7 @@ def test_corrupt_archive_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> 
 
 def test_http_error_and_cli_message(tmp_path: Path) -> None:
     with FileServer({}) as srv:
-        res = subprocess.run([sys.executable, "-m", "landmark.data", "download", "--dest",
+        res = subprocess.run([sys.executable, "-m", "train.data", "download", "--dest",
                               str(tmp_path), "--url", f"{srv.url}/missing.zip"],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 1

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landmark.calibration import calibrated_softmax
-from landmark.data import load_image
-from landmark.export import ExportError, export_model, load_exported, update_metadata
-from landmark.models import create_model
-from landmark.models.embedding import Pooled
-from landmark.presets import EvalPreprocess
+from landmark.contract import load_exported, update_metadata
+from landmark.imageio import load_image
 from tests.conftest import real_photos
+from train.calibration import calibrated_softmax
+from train.export import ExportError, export_model
+from train.models import create_model
+from train.models.embedding import Pooled
+from train.presets import EvalPreprocess
 
 CLASSES = ["03.Eiffel_Tower", "11.Niagara_Falls", "15.Space_Needle"]
 
@@ -92,7 +93,7 @@ class _BranchyNet(nn.Module):
 
 
 def test_export_verification_catches_a_mismatch(tmp_path: Path) -> None:
-    from landmark.presets import Preset
+    from train.presets import Preset
     preset = Preset(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
     shades = torch.tensor([0.1, 0.2, 0.3])[:, None, None]
     dark, bright = shades.expand(3, 50, 50), (shades + 0.6).expand(3, 50, 50)
@@ -103,9 +104,9 @@ def test_export_verification_catches_a_mismatch(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["transfer", "scratch"])
 def test_bundled_models_keep_their_shipped_probabilities_and_embed(name: str) -> None:
-    """models/*.pt, exported again under the current contract (python -m train.reexport),
+    """models/*.pt, exported again under the current contract (python -m train.finish.reexport),
     give the probabilities recorded in tests/data when each was shipped."""
-    from landmark.data.imageio import to_tensor
+    from landmark.imageio import to_tensor
     from landmark.resolve import MODELS_DIR
     before = json.loads((Path(__file__).parent / "data" / "shipped_probs.json")
                         .read_text())["models"][name]
@@ -185,9 +186,9 @@ def test_efficientnet_embeds_gem_of_its_last_blocks_and_keeps_its_probabilities(
 
 def test_files_written_before_the_descriptor_rebuild_with_their_probabilities() -> None:
     """tests/data/older_layout.pt was written by the exporter of commit 5fce222^ (the
-    network itself as `features`, as in files already on the Hub); train.reexport still
+    network itself as `features`, as in files already on the Hub); train.finish.reexport still
     rebuilds it exactly."""
-    from train.reexport import rebuild
+    from train.finish.reexport import rebuild
     old = Path(__file__).parent / "data" / "older_layout.pt"
     assert not hasattr(load_exported(old).module.features, "net")  # the older layout
     net, preset, exp = rebuild(old)
@@ -222,7 +223,7 @@ def test_a_projected_embedding_is_smaller_and_leaves_probabilities_alone(
 def test_reexport_projects_on_photos_and_keeps_the_projection(tiny_model: Path,
                                                                tiny_data: Path,
                                                                tmp_path: Path) -> None:
-    from train.reexport import main as reexport
+    from train.finish.reexport import main as reexport
     out, again = tmp_path / "p.pt", tmp_path / "again.pt"
     assert reexport([str(tiny_model), "--out", str(out), "--project", "6", "--photos",
                      str(tiny_data / "train")]) == 0

@@ -1,8 +1,8 @@
 import pytest
 
-from landmark.data import scan_split
 from landmark.facts import all_facts, haversine_km, lookup, nearest
 from tests.conftest import SHARED
+from train.data import scan_split
 
 UDACITY_50 = [
     "00.Haleakala_National_Park", "01.Mount_Rainier_National_Park", "02.Ljubljana_Castle",

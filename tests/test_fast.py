@@ -1,4 +1,4 @@
-"""python -m train.fast: the same weights at a smaller input, re-calibrated, frozen."""
+"""python -m train.finish.fast: the same weights at a smaller input, re-calibrated, frozen."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from landmark.calibration import calibrated_softmax
-from landmark.data import default_val_split, load_image
-from landmark.data.imageio import to_tensor
-from landmark.export import load_exported
+from landmark.contract import load_exported
+from landmark.imageio import load_image, to_tensor
 from landmark.predict import Predictor
-from landmark.presets import EvalPreprocess
 from tests.conftest import REPO, real_photos
-from train import fast, retune
-from train.reexport import rebuild
+from train.calibration import calibrated_softmax
+from train.data import default_val_split
+from train.finish import fast, retune
+from train.finish.reexport import rebuild
+from train.presets import EvalPreprocess
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_fast_model_is_the_same_network_at_the_smaller_size(model_48: Path, tiny
     meta = model.metadata
     assert meta["frozen"] is True and meta["derived_from"] == str(model_48)
     assert (meta["preset"]["crop_size"], meta["preset"]["resize_size"]) == (32, 36)
-    assert "train.fast" in meta["fast_command"] and 0 < meta["reject_threshold"] < 1
+    assert "train.finish.fast" in meta["fast_command"] and 0 < meta["reject_threshold"] < 1
     assert meta["metrics"]["val"]["n"] > 0
     # chosen on the tuning photos the network never trained on, reported on the held-out
     open_set = json.loads((tmp_path / "fast.report.json").read_text())["open_set"]
@@ -62,7 +62,7 @@ def test_fast_model_is_the_same_network_at_the_smaller_size(model_48: Path, tiny
 
 def test_retune_chooses_the_mirror_view_again_and_keeps_the_record(
         model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
-    """train.retune: the same weights and preset, with flip TTA on, scored as the mean of
+    """train.finish.retune: the same weights and preset, with flip TTA on, scored as the mean of
     the calibrated view and its mirror image; off again, one view; the training record
     kept, the command recorded, the threshold chosen again."""
     args = ["--data", str(tiny_data), "--cache-dir", str(tmp_path / "cache")]
@@ -77,7 +77,7 @@ def test_retune_chooses_the_mirror_view_again_and_keeps_the_record(
         meta = model.metadata
         assert meta["tta_flip"] is flip and meta["frozen"] is False
         assert meta["preset"] == source["preset"] and meta["command"] == source["command"]
-        assert "train.retune" in meta["retune_command"] and 0 < meta["reject_threshold"] < 1
+        assert "train.finish.retune" in meta["retune_command"] and 0 < meta["reject_threshold"] < 1
         assert (tmp_path / f"{tta}.report.json").exists()
         for x in photos:
             with torch.no_grad():
@@ -117,7 +117,7 @@ def _extra(root: Path) -> Path:
 
 def test_match_keeps_the_reference_models_share_of_known_photos(
         model_48: Path, tiny_data: Path, tmp_path: Path) -> None:
-    from train.places import known_photos
+    from train.finish.places import known_photos
     extra = _extra(tmp_path / "extra")
     out = tmp_path / "fast.pt"
     assert fast.main([str(model_48), "--crop-size", "40", "--data", str(tiny_data),

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from landmark import hub
-from landmark.export import export_model, load_exported
-from landmark.models import create_model
+from landmark.contract import load_exported
 from tests.conftest import REPO
 from tests.hub_server import FakeHub
+from train.export import export_model
+from train.models import create_model
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -235,4 +236,5 @@ def test_the_card_of_a_bundled_model_says_what_its_upright_head_does() -> None:
     meta = load_exported(MODELS_DIR / "transfer.pt").metadata
     card = model_card(meta, {}, "me/landmarks", [])
     assert f"at least {meta['upright_threshold']:.3f} sure" in card
-    assert "python -m train.upright models/transfer.pt" in card
+    assert "python -m train.upright models/transfer.pt" in card  # as the shipped file recorded it
+    assert "# places\npython -m train.places models/transfer.pt" in card

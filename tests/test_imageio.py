@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark.data import ImageError, load_image, scan_split
-from landmark.data.cache import cached_split, decode_split
+from landmark.imageio import ImageError, load_image
 from tests.conftest import real_photos
+from train.data import scan_split
+from train.data.cache import cached_split, decode_split
 
 
 def _save(img: Image.Image, path: Path, **kw: object) -> Path:

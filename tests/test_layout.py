@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from landmark.data import DatasetError, display_name, scan_split, stratified_split
+from landmark.facts import display_name
 from tests.conftest import SHARED
+from train.data import DatasetError, scan_split, stratified_split
 
 
 @pytest.mark.parametrize(("folder", "name"), [

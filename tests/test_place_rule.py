@@ -1,5 +1,5 @@
 """How taught places compete with the model's classes: `decide`, and the rule
-`python -m train.places` chooses and writes into a model file."""
+`python -m train.finish.places` chooses and writes into a model file."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ import pytest
 from landmark.places import Calibration, Match, decide
 from landmark.predict import Predictor
 from tests.conftest import REPO, SHARED
-from train.places import BACKGROUND_QUANTILE, KNOWN_BUDGET, MARGINS, Scene, choose, fit_mapping
+from train.finish.places import (
+    BACKGROUND_QUANTILE,
+    KNOWN_BUDGET,
+    MARGINS,
+    Scene,
+    choose,
+    fit_mapping,
+)
 
 NEW_PLACES = SHARED.parent / "new_places"
 
@@ -106,7 +113,7 @@ def test_train_places_writes_the_rule_the_app_then_uses(tiny_model: Path, tiny_d
                         .iterdir())[:4]:
         shutil.copy(photo, extra)
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "train.places", str(model), "--places", str(places),
+    cmd = [sys.executable, "-m", "train.finish.places", str(model), "--places", str(places),
            "--data", str(tiny_data), "--shots", "3", "--known-extra"]
     res = subprocess.run([*cmd, str(extra.parents[1]), "--write", "--report", str(report)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)

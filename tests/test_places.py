@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from landmark.data.layout import list_images
 from landmark.geotag import geotag_jpeg
+from landmark.imageio import list_images
 from landmark.places import Place, PlaceError, PlaceIndex, PlaceStore
 from landmark.places import index as place_index
 from landmark.places.teach import teach

@@ -3,18 +3,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from landmark.data import load_image
-from landmark.presets import (
+from landmark.imageio import cache_image, load_image, resize_short
+from tests.conftest import real_photos
+from train.presets import (
     EvalPreprocess,
     Preset,
     QuarterTurn,
     SensorNoise,
-    cache_image,
     eval_transform,
-    resize_short,
     train_transform,
 )
-from tests.conftest import real_photos
 
 
 def test_resize_short_keeps_aspect() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.robustness import DEGRADATIONS
-from landmark.data import load_image
+from landmark.imageio import load_image
 from tests.conftest import REPO, SHARED, real_photos
 
 

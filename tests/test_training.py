@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from landmark import checkpoint
-from landmark.data import TensorImageDataset, scan_split
-from landmark.data.cache import cached_split
-from landmark.engine import TrainConfig, Trainer, predict
-from landmark.export import load_exported
-from landmark.models import create_model
-from landmark.presets import Preset, eval_transform, train_transform
+from landmark.contract import load_exported
 from tests.conftest import REPO, real_photos
+from train import checkpoint
+from train.data import TensorImageDataset, scan_split
+from train.data.cache import cached_split
+from train.engine import TrainConfig, Trainer, predict
+from train.models import create_model
+from train.presets import Preset, eval_transform, train_transform
 
 
 def _data(tiny_data: Path, cache_dir: Path, size: int = 36):
@@ -122,7 +122,7 @@ def test_cli_trains_exports_and_reports(tiny_data: Path, tmp_path: Path) -> None
     assert set(report["open_set"]["auroc_by_score"]) == scores
     assert set(report["open_set"]["auroc_by_score_tune"]) == scores
     # the file, evaluated on its own, reproduces the training-time figures
-    ev = subprocess.run([sys.executable, "-m", "landmark.evaluate", str(out / "scratch.pt"),
+    ev = subprocess.run([sys.executable, "-m", "train.evaluate", str(out / "scratch.pt"),
                          "--data", str(tiny_data), "--out", str(tmp_path / "ev")],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
@@ -215,7 +215,7 @@ def test_feature_scores_rank_familiar_photos_above_strange_ones() -> None:
 
 
 def test_auto_workers_follow_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from landmark.data.datasets import resolve_workers
+    from landmark.imageio import resolve_workers
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert resolve_workers(-1, cpu) == 0  # a worker would only compete for the 2 cores
@@ -257,7 +257,7 @@ def test_outlier_exposure_spreads_belief_on_unknown_places(tmp_path: Path) -> No
 
 
 def test_unknown_parts_keep_the_report_half_apart() -> None:
-    from landmark.data import split_unknown
+    from train.data import split_unknown
     plain, exposed = split_unknown(30), split_unknown(30, exposure=True)
     assert plain["hold"] == exposed["hold"] and len(plain["hold"]) == 15
     assert plain["train"] == [] and sorted(exposed["tune"] + exposed["train"]) == plain["tune"]
@@ -266,8 +266,8 @@ def test_unknown_parts_keep_the_report_half_apart() -> None:
 
 
 def test_outliers_leave_out_unknown_photos_of_places_to_be_taught(tmp_path: Path) -> None:
-    from landmark.data import split_unknown
-    from landmark.data.cache import CachedSplit
+    from train.data import split_unknown
+    from train.data.cache import CachedSplit
     from train.runner import outlier_photos
     paths = [f"/u/{i:02d}.jpg" for i in range(30)]
     unknown = CachedSplit(torch.arange(30), torch.full((30,), -1), paths, ["a", "b"], [])
@@ -368,7 +368,7 @@ def test_extra_photos_train_but_never_validate(tiny_data: Path, tiny_model: Path
 
 
 def test_init_starts_from_an_exported_models_weights(tiny_model: Path) -> None:
-    from train.reexport import rebuild
+    from train.finish.reexport import rebuild
     from train.runner import init_from
     shipped = rebuild(tiny_model)[0].state_dict()
     model = create_model("tiny_cnn", 2)
@@ -396,7 +396,7 @@ def test_a_teacher_scores_the_students_views_as_its_own_file_would(tiny_model: P
     """The student's views are normalised for the student; the teacher normalises them
     again for itself, so it gives the logits its own network gives the same pixels."""
     from train.distill import Teacher
-    from train.reexport import rebuild
+    from train.finish.reexport import rebuild
     net, preset, exp = rebuild(tiny_model)
     student = Preset(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert student.mean != preset.mean
@@ -440,7 +440,7 @@ def test_a_teacher_over_other_classes_is_one_clear_line(tiny_data: Path, tmp_pat
 
 
 def test_balance_draws_classes_evenly_or_weights_the_loss(tmp_path: Path) -> None:
-    from landmark.data.datasets import class_weights
+    from train.data.datasets import class_weights
     labels = torch.tensor([0] * 90 + [1] * 10)
     ds = TensorImageDataset(torch.zeros(100, 3, 8, 8, dtype=torch.uint8), labels,
                             lambda x: x.float())
@@ -483,7 +483,7 @@ def test_degrade_recomputes_only_the_augmented_feature_views(tiny_data: Path, ca
     runs that differ only in augmentation; the augmented views are not."""
     from dataclasses import replace
 
-    from landmark.features import cached_features
+    from train.features import cached_features
     model = create_model("tiny_cnn", 2)
     data = _data(tiny_data, cache_dir, model.preset.resize_size)
     backbone = torch.nn.Sequential(model.features, torch.nn.AdaptiveAvgPool2d(1),

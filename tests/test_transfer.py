@@ -11,19 +11,20 @@ import pytest
 import timm
 import torch
 
-from landmark.data import load_image, scan_split
-from landmark.data.cache import cached_split
-from landmark.export import load_exported
-from landmark.features import cached_features
-from landmark.models import create_model
-from landmark.models.transfer import (
+from landmark.contract import load_exported
+from landmark.imageio import load_image
+from tests.conftest import REPO, real_photos
+from train.data import scan_split
+from train.data.cache import cached_split
+from train.features import cached_features
+from train.models import create_model
+from train.models.transfer import (
     BackboneUnavailable,
     lite_weights_file,
     mobilenet_v2_imagenet,
     timm_backbone,
 )
-from landmark.presets import EvalPreprocess
-from tests.conftest import REPO, real_photos
+from train.presets import EvalPreprocess
 
 SUSPENSION_BRIDGE = 839  # ImageNet class
 
@@ -127,7 +128,7 @@ def test_ddp_on_two_cpu_processes_with_gloo(tiny_data: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "resnet50"])
 def test_split_backbone_composes_to_the_backbone(name: str) -> None:
-    from landmark.models.transfer import split_backbone
+    from train.models.transfer import split_backbone
     model = create_model(name, 3, pretrained=False).eval()
     x = torch.rand(2, 3, 96, 96)
     for blocks in (1, 2):

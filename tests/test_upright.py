@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from landmark.data import load_image
-from landmark.data.imageio import to_tensor
-from landmark.export import Upright, export_model, load_exported
-from landmark.models import create_model
-from landmark.presets import Preset, center_crop
+from landmark.contract import load_exported
+from landmark.imageio import center_crop, load_image, to_tensor
 from landmark.resolve import MODELS_DIR
 from tests.conftest import real_photos
-from train.upright import main as upright
+from train.export import Upright, export_model
+from train.finish.upright import main as upright
+from train.models import create_model
+from train.presets import Preset
 
 CLASSES = ["03.Eiffel_Tower", "11.Niagara_Falls", "15.Space_Needle"]
 # an even margin around the crop, so the centre crop of a turned square is the turned crop
@@ -78,9 +78,9 @@ def test_a_turn_the_head_is_sure_of_is_undone_and_others_are_left_alone(
 
 def test_train_upright_learns_turns_from_real_photos(tmp_path: Path) -> None:
     """Fitted on 60 real photos, a head on the shipped scratch network turns most held-out
-    photos lying on their side back, leaves upright ones be, and train.reexport keeps it."""
-    from train.reexport import main as reexport
-    from train.reexport import rebuild
+    photos lying on their side back, leaves upright ones be, and train.finish.reexport keeps it."""
+    from train.finish.reexport import main as reexport
+    from train.finish.reexport import rebuild
     net, preset, exp = rebuild(MODELS_DIR / "scratch.pt")
     plain = tmp_path / "plain.pt"  # the shipped network without its own upright head
     export_model(net, preset, exp.classes, {"architecture": exp.metadata["architecture"]},

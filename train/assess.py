@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark.calibration import (
+from landmark.metrics import classification_report
+from train.calibration import (
     auroc,
     expected_calibration_error,
     fit_temperature,
@@ -20,14 +21,13 @@ from landmark.calibration import (
     reliability_bins,
     tta_probs,
 )
-from landmark.data import split_unknown
-from landmark.data.cache import CachedSplit
-from landmark.metrics import classification_report
-from landmark.presets import EvalPreprocess, Preset
+from train.data import split_unknown
+from train.data.cache import CachedSplit
+from train.presets import EvalPreprocess, Preset
 
 log = logging.getLogger("train")
 # (temperature, background logit) -> (reject threshold, where it came from): a threshold
-# chosen outside validation, which may need the calibrated network (train.fast --match)
+# chosen outside validation, which may need the calibrated network (train.finish.fast --match)
 ThresholdRule = Callable[[float, float | None], tuple[float, str]]
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from landmark import plots
-from landmark.calibration import expected_calibration_error, open_set_report, reject_threshold
 from landmark.metrics import topk_accuracy, wilson_interval
+from train import plots
+from train.calibration import expected_calibration_error, open_set_report, reject_threshold
 from train.runner import VAL_OUTPUTS, setup_logging
 
 log = logging.getLogger("train")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from landmark.presets import Preset
+from train.presets import Preset
 
 
 class Teacher(nn.Module):
@@ -24,7 +24,7 @@ class Teacher(nn.Module):
 
     def __init__(self, path: Path, student: Preset, classes: list[str]) -> None:
         super().__init__()
-        from train.reexport import rebuild_or_exit  # the one way back from a model file
+        from train.finish.reexport import rebuild_or_exit  # the one way back from a model file
         net, preset, exp = rebuild_or_exit(path, "--teacher")
         if exp.classes != classes:
             sys.exit(f"error: --teacher {path}: its {len(exp.classes)} classes are not the "

@@ -22,24 +22,18 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from landmark import checkpoint, plots
 from landmark.cli import part
-from landmark.data import (
-    DatasetError,
-    TensorImageDataset,
-    scan_split,
-    split_unknown,
-    stratified_split,
-)
-from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
-from landmark.data.datasets import VAL_FRACTION
-from landmark.data.layout import shown_places, unknown_split
-from landmark.engine import TrainConfig, Trainer
-from landmark.export import export_model
 from landmark.metrics import per_class_rows
-from landmark.presets import Preset, eval_transform, train_transform
+from train import checkpoint, plots
 from train.assess import Settings, ThresholdRule, ValOutputs, assess
+from train.data import DatasetError, TensorImageDataset, scan_split, split_unknown, stratified_split
+from train.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
+from train.data.datasets import VAL_FRACTION
+from train.data.layout import shown_places, unknown_split
 from train.distill import Teacher
+from train.engine import TrainConfig, Trainer
+from train.export import export_model
+from train.presets import Preset, eval_transform, train_transform
 
 log = logging.getLogger("train")
 VAL_OUTPUTS = "val_outputs.json"  # what train.crossval pools across folds
@@ -277,7 +271,7 @@ def run(args: argparse.Namespace, model: nn.Module, name: str,
 def init_from(model: nn.Module, path: Path, classes: list[str]) -> None:
     """Load an exported model file's weights into `model`, refusing another architecture
     or class list by name (a shape error would say neither)."""
-    from train.reexport import rebuild_or_exit  # the one way back from a model file
+    from train.finish.reexport import rebuild_or_exit  # the one way back from a model file
     net, _, exp = rebuild_or_exit(path, "--init")
     arch = getattr(model, "arch", None)
     if exp.metadata.get("architecture") != arch or exp.classes != classes:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from landmark.engine import TrainConfig
-from landmark.models import create_model, list_models
+from train.engine import TrainConfig
+from train.models import create_model, list_models
 from train.runner import add_common_args, run
 
 DEFAULTS = TrainConfig(epochs=500, batch_size=64, lr=3e-3, weight_decay=0.05,
@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     kw = {"crop_size": args.crop_size} if args.crop_size else {}
-    from landmark.data import scan_split  # class count decides the head
-    from landmark.data.layout import DatasetError
+    from train.data import scan_split  # class count decides the head
+    from train.data.layout import DatasetError
     try:
         num_classes = len(scan_split(args.data, "train").classes)
     except DatasetError as e:

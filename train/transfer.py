@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from landmark import checkpoint
-from landmark.data.cache import CachedSplit
-from landmark.engine import TrainConfig, Trainer, resolve_device
-from landmark.features import cached_features
 from landmark.hub import hub_reachable
-from landmark.models import create_model
-from landmark.models.transfer import (
+from train import checkpoint
+from train.data.cache import CachedSplit
+from train.engine import TrainConfig, Trainer, resolve_device
+from train.features import cached_features
+from train.models import create_model
+from train.models.transfer import (
     BACKBONES,
     OFFLINE,
     BackboneUnavailable,
@@ -47,7 +47,7 @@ from landmark.models.transfer import (
     split_backbone,
     unavailable,
 )
-from landmark.presets import Preset
+from train.presets import Preset
 from train.runner import add_common_args, fit_images, run, run_info, with_outliers
 
 log = logging.getLogger("train")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "train on cached features, which a teacher cannot score")
     if args.model not in OFFLINE and not args.weights and not hub_reachable():
         raise SystemExit(f"error: {unavailable(args.model, 'the Hub cannot be reached')}")
-    from landmark.data import DatasetError, scan_split
+    from train.data import DatasetError, scan_split
     try:
         num_classes = len(scan_split(args.data, "train").classes)
         model = create_model(args.model, num_classes, weights=args.weights)

@@ -92,7 +92,7 @@ class Calibration:
     for a runner-up when none comes close (one place taught). A place is named when the
     confidence reaches `threshold`, and beats the model's best class only by more than
     `margin`, so photos of the model's own landmarks stay with their classes. Chosen by
-    `python -m train.places`."""
+    `python -m train.finish.places`."""
 
     scale: float = 20.0
     shift: float = 0.75

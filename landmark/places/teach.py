@@ -9,9 +9,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from landmark.data.imageio import ImageError, load_image
-from landmark.data.layout import display_name, list_images
+from landmark.facts import display_name
 from landmark.geotag import read_gps
+from landmark.imageio import ImageError, list_images, load_image
 from landmark.places.store import (
     KEPT_SIDE,
     MAX_PHOTOS,

@@ -1,24 +1,13 @@
-"""The export contract: one self-contained TorchScript file per model.
+"""Writing the export contract (landmark.contract): a trained network with its
+preprocessing, calibration, optional flip TTA and upright head, as one TorchScript file.
 
-    m = torch.jit.load(path)
-    probs = m(x)        # x: float32 (N, 3, H, W) RGB in [0, 1], any H, W >= 32 -> (N, C)
-    emb = m.embed(x)    # (N, D) L2-normalised embeddings, for places the model never saw
-    probs, emb = m.probs_and_embedding(x)   # both from one pass
-
-Resize, crop and normalisation live inside the file; calibration temperature and the
-optional flip test-time augmentation too, and optionally an upright head: a photo it
-finds lying on its side or upside down (EXIF orientation lost) is turned back before
-it is scored and embedded (train.upright). Extra files inside the archive:
-`classes.json` (class folder names in output order) and `metadata.json`.
-This module imports no architecture: serving code uses `load_exported` only; a network
-to export only has to offer `split_head()` -> (features: photo -> (pooled (N, F),
-descriptor (N, D), layout (N, L)), head: pooled -> logits); see landmark.models.embedding.
+A network to export only has to offer `split_head()` -> (features: photo -> (pooled
+(N, F), descriptor (N, D), layout (N, L)), head: pooled -> logits); see
+train.models.embedding.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark.calibration import calibrated_softmax
-from landmark.presets import EvalPreprocess, Preset
-
-EXTRA_FILES = ("classes.json", "metadata.json")
-METHODS = ("embed", "probs_and_embedding")  # besides forward
-# TorchScript is the contract here; its deprecation notice is not news to our users.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-MIN_SIDE = 32
+from landmark.contract import METHODS, load_exported, save
+from train.calibration import calibrated_softmax
+from train.presets import EvalPreprocess, Preset
 
 
 class ExportError(RuntimeError):
@@ -48,7 +32,7 @@ class ExportedClassifier(nn.Module):
     is low (an energy score), which separates unknown places better, while the ranking of
     classes stays the same. The embedding is the features' descriptor, L2-normalised; with
     a `projection` (D, K), the normalised descriptor times it, normalised again: a smaller
-    vector for every taught photo to store and search (train.reexport --project)."""
+    vector for every taught photo to store and search (train.finish.reexport --project)."""
 
     def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
                  temperature: float = 1.0, flip: bool = False,
@@ -136,20 +120,11 @@ class ExportedClassifier(nn.Module):
 class Upright:
     """A linear head on the features' layout that tells how many quarter turns
     counter-clockwise (0-3) a photo shows; a turn is undone when its probability is at
-    least `threshold` (train.upright chooses it)."""
+    least `threshold` (train.finish.upright chooses it)."""
 
     weight: Tensor  # (4, L)
     bias: Tensor  # (4,)
     threshold: float
-
-
-@dataclass
-class Exported:
-    """A loaded model file: the callable module, its classes and metadata."""
-
-    module: torch.jit.ScriptModule
-    classes: list[str]
-    metadata: dict
 
 
 def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
@@ -212,7 +187,7 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
                 f", projected to {dim} dimensions" if projection is not None else ""),
             "upright_threshold": upright.threshold if upright is not None else None}
     tmp = path.with_name(f".{path.name}.tmp")
-    _save(scripted, tmp, classes, meta)
+    save(scripted, tmp, classes, meta)
     loaded = load_exported(tmp)
     with torch.no_grad():
         for img in samples:
@@ -224,27 +199,3 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
                 raise ExportError(f"exported model disagrees with eager model (max diff {diff})")
     tmp.replace(path)
     return path
-
-
-def _save(module: torch.jit.ScriptModule, path: Path, classes: list[str], meta: dict) -> None:
-    extra = {"classes.json": json.dumps(classes), "metadata.json": json.dumps(meta, indent=2)}
-    torch.jit.save(module, str(path), _extra_files=extra)
-
-
-def update_metadata(path: str | Path, updates: dict) -> Path:
-    """Merge `updates` into a model file's metadata.json in place (atomically); the
-    network is untouched, so this works on frozen files too."""
-    path = Path(path)
-    exp = load_exported(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _save(exp.module, tmp, exp.classes, {**exp.metadata, **updates})
-    tmp.replace(path)
-    return path
-
-
-def load_exported(path: str | Path) -> Exported:
-    """Load a model file written by export_model (on CPU)."""
-    extra = dict.fromkeys(EXTRA_FILES, "")
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    module.eval()
-    return Exported(module, json.loads(extra["classes.json"]), json.loads(extra["metadata.json"]))

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from landmark import checkpoint
-from landmark.data.cache import CachedSplit
-from landmark.presets import Preset, eval_transform, train_transform
+from train import checkpoint
+from train.data.cache import CachedSplit
+from train.presets import Preset, eval_transform, train_transform
 
 
 def _state_digest(module: nn.Module) -> str:

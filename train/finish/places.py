@@ -1,6 +1,6 @@
 r"""Choose how taught places compete with a model's classes, on places it never saw.
 
-    python -m train.places models/transfer.pt --places ../shared/data/new_places \
+    python -m train.finish.places models/transfer.pt --places ../shared/data/new_places \
         --data ../shared/data/landmark_images \
         [--known-extra ../shared/data/landmark_extra] [--write]
 
@@ -38,12 +38,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from landmark.data import default_val_split, scan_split, split_unknown
-from landmark.data.layout import list_images, shown_places
-from landmark.export import update_metadata
+from landmark.contract import update_metadata
+from landmark.imageio import list_images
 from landmark.metrics import wilson_interval
 from landmark.places import Calibration, Match, PlaceIndex, decide
 from landmark.predict import Predictor
+from train.data import default_val_split, scan_split, split_unknown
+from train.data.layout import shown_places
 
 # The share of rightly classified known-landmark photos taught places may take: half the
 # 0.5-point test/ drop allowed, as the share is measured on other photos (and test/ has
@@ -270,7 +271,7 @@ def test_drop(predictor: Predictor, test: Outputs, places: Outputs, cal: Calibra
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.places", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.finish.places", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="model file (with embed)")
     p.add_argument("--places", type=Path, required=True, help="new_places-style folder")
@@ -307,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         chosen = {**asdict(cal), "chosen_on": f"{args.places.name}: {len(names)} places, "
                   f"{args.shots} shots, + tuning half of unknown/, + {len(known.labels)} "
-                  "known-landmark photos (python -m train.places)"}
+                  "known-landmark photos (python -m train.finish.places)"}
         update_metadata(args.model, {"places": chosen, "places_command": shlex.join(
-            ["python", "-m", "train.places", *(argv or sys.argv[1:])])})
+            ["python", "-m", "train.finish.places", *(argv or sys.argv[1:])])})
         print(f"wrote metadata['places'] into {args.model}")
     return 0
 

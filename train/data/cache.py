@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from landmark import checkpoint
-from landmark.data.imageio import ImageError, load_image, to_tensor
-from landmark.data.layout import Split
-from landmark.presets import cache_image
+from landmark.imageio import ImageError, cache_image, load_image, to_tensor
+from train import checkpoint
+from train.data.layout import Split
 
 log = logging.getLogger(__name__)
 # A spawned worker imports torch first (~2.5 s on a 2-core machine), the time this process

@@ -1,6 +1,6 @@
 """Teach a model file to turn photos upright: phone photos whose EXIF orientation was lost.
 
-    python -m train.upright models/transfer.pt \\
+    python -m train.finish.upright models/transfer.pt \\
         --photos ../shared/data/landmark_images/train ../shared/data/landmark_extra/train
 
 A photo lying on its side is named right less often and accepted less often than the same
@@ -15,7 +15,7 @@ How sure is chosen on out-of-fold predictions (--folds, split by photo): the low
 threshold (at least 0.5) at which at most --max-false-turns of the upright photos would
 be turned. The photos are assumed upright as stored (EXIF orientation honoured); pass
 photos the model is meant for, and never test photos. The file is written again with
-the head (train.reexport keeps it); its probabilities on photos the head leaves alone do
+the head (train.finish.reexport keeps it); its probabilities on photos the head leaves alone do
 not change.
 """
 
@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from landmark.data.imageio import ImageError, load_image, to_tensor
-from landmark.data.layout import list_images
-from landmark.export import ExportError, Upright, wrap
+from landmark.imageio import ImageError, list_images, load_image, to_tensor
 from landmark.metrics import share_text
 from landmark.predict import decode_side
-from train.reexport import rebuild, reexport
+from train.export import ExportError, Upright, wrap
+from train.finish.reexport import rebuild, reexport
 
 MIN_PHOTOS = 20
 FLOOR = 0.5  # a turn must be likelier than the other three together
@@ -138,7 +137,7 @@ def describe(c: Choice) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.upright", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.finish.upright", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="model file to give an upright head")
     p.add_argument("--photos", type=Path, nargs="+", required=True, metavar="DIR",
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.photos:
         if not folder.is_dir():
             p.error(f"--photos {folder}: no such folder")
-    command = shlex.join(["python", "-m", "train.upright", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "train.finish.upright", *(argv or sys.argv[1:])])
     photos = [f for d in args.photos for f in list_images(d)]
     try:
         layouts = turned_layouts(args.model, photos)

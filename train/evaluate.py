@@ -1,6 +1,6 @@
 """Evaluate any model file that follows the export contract.
 
-    python -m landmark.evaluate models/transfer.pt --data ../shared/data/landmark_images
+    python -m train.evaluate models/transfer.pt --data ../shared/data/landmark_images
 
 Prints and writes (beside the model, or --out): top-1/top-3, per-class accuracy, ECE with
 a reliability diagram, and the open-set figures at the model's own reject_threshold:
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from landmark import plots
-from landmark.calibration import expected_calibration_error, open_set_report, reliability_bins
-from landmark.data import DatasetError, scan_split, split_unknown
-from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
-from landmark.data.layout import unknown_split
-from landmark.export import Exported, load_exported
+from landmark.contract import Exported, load_exported
 from landmark.metrics import classification_report, per_class_rows
+from train import plots
+from train.calibration import expected_calibration_error, open_set_report, reliability_bins
+from train.data import DatasetError, scan_split, split_unknown
+from train.data.cache import DEFAULT_CACHE_DIR, CachedSplit, cached_split
+from train.data.layout import unknown_split
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m landmark.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="TorchScript model file")
     p.add_argument("--data", type=Path, required=True, help="dataset root (with test/)")

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from landmark.data.layout import display_name
+from landmark.facts import display_name
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

@@ -12,7 +12,7 @@ def calibrated_softmax(logits: Tensor, temperature: float,
                        background: float | None = None) -> Tensor:
     """softmax(logits / T), with an implicit background logit b joining the softmax and
     then dropped when given: p_i = exp(z_i) / (sum_j exp(z_j) + exp(b)). TorchScript
-    compiles this same function into every exported model (landmark.export)."""
+    compiles this same function into every exported model (train.export)."""
     z = logits / temperature
     if background is not None:
         z = torch.cat([z, torch.full_like(z[:, :1], background)], 1)

@@ -1,7 +1,7 @@
 r"""Choose a model file's flip TTA, temperature and reject threshold again, by the trainers'
 rule, from its own weights.
 
-    python -m train.retune models/scratch.pt --tta auto \
+    python -m train.finish.retune models/scratch.pt --tta auto \
         --data ../shared/data/landmark_images --out models/scratch.pt
 
 A trainer makes these choices once, when it exports: `--tta auto` scores the mirror image
@@ -9,7 +9,7 @@ too when that lifts validation top-1, and `--tta off` keeps one view at half the
 makes them again for a finished file, on the validation split and the tuning half of
 unknown/ it never trained on (test is only reported), keeping its upright head, its
 projection and the record of how it was trained. Probabilities and embeddings change, so
-choose how taught places compete again afterwards: `python -m train.places OUT --write ...`.
+choose how taught places compete again afterwards: `python -m train.finish.places OUT --write ...`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from landmark.data import DatasetError
-from landmark.export import ExportError
-from train.fast import add_choice_args, derive, export_chosen
+from train.data import DatasetError
+from train.export import ExportError
+from train.finish.fast import add_choice_args, derive, export_chosen
 from train.runner import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.retune", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.finish.retune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="trained model file (not frozen)")
     add_choice_args(p)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                         "on or off (default auto)")
     args = p.parse_args(argv)
     setup_logging()
-    command = shlex.join(["python", "-m", "train.retune", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "train.finish.retune", *(argv or sys.argv[1:])])
     try:
         target, data = derive(args, freeze=False)
         report = export_chosen(args, target, data, args.tta, {"retune_command": command})

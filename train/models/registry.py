@@ -1,8 +1,8 @@
 """One registry of architectures by name, in the manner of timm's register_model/create_model.
 
-Every factory returns an nn.Module with a `preset` attribute (landmark.presets.Preset):
+Every factory returns an nn.Module with a `preset` attribute (train.presets.Preset):
 the input size and normalisation the model was built for. Serving code never imports
-this module: it loads TorchScript files (landmark.export).
+this module: it loads TorchScript files (landmark.contract).
 """
 
 from __future__ import annotations
@@ -39,4 +39,4 @@ def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
 
 
 def _import_all() -> None:
-    from landmark.models import scratch, transfer  # noqa: F401  (register on import)
+    from train.models import scratch, transfer  # noqa: F401  (register on import)

@@ -18,10 +18,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from landmark.data.cache import DEFAULT_CACHE_DIR
-from landmark.models.embedding import MultiLayerGeM, TimmPooled
-from landmark.models.registry import register_model
-from landmark.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
+from train.data.cache import DEFAULT_CACHE_DIR
+from train.models.embedding import MultiLayerGeM, TimmPooled
+from train.models.registry import register_model
+from train.presets import IMAGENET_MEAN, IMAGENET_STD, Preset
 
 log = logging.getLogger(__name__)
 OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2")
@@ -49,7 +49,7 @@ class TransferNet(nn.Module):
     def split_head(self) -> tuple[nn.Module, nn.Module]:
         """(photo -> (pooled features, descriptor, layout), pooled features -> logits), sharing
         the weights. EfficientNets describe a photo by GeM of their last two blocks and
-        final map (landmark.models.embedding); other backbones by the pooled features."""
+        final map (train.models.embedding); other backbones by the pooled features."""
         if isinstance(self.backbone, timm.models.efficientnet.EfficientNet):
             n = len(self.backbone.blocks)
             return MultiLayerGeM(self.backbone, (n - 2, n - 1)), self.head

@@ -2,7 +2,8 @@
 
 Images travel as uint8 (3, H, W) tensors until the model needs floats. Eval-time
 preprocessing (`EvalPreprocess`) is TorchScript-able and is embedded in every exported
-model; the dataset cache stores photos resized by the very same `resize_short`.
+model; the dataset cache stores photos resized by the very same `resize_short`
+(landmark.imageio, which serving shares).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
+
+from landmark.imageio import center_crop, resize_short
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,27 +43,6 @@ class Preset:
         return asdict(self)
 
 
-def resize_short(x: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
-    """Resize a (N, C, H, W) batch (float; uint8 for bilinear) so its short side is
-    `size`, keeping aspect."""
-    h, w = x.shape[-2], x.shape[-1]
-    if min(h, w) == size:
-        return x
-    if h <= w:
-        new_h, new_w = size, max(1, int(round(w * size / h)))
-    else:
-        new_h, new_w = max(1, int(round(h * size / w))), size
-    return F.interpolate(x, size=[new_h, new_w], mode=interpolation, align_corners=False,
-                         antialias=True)
-
-
-def center_crop(x: Tensor, size: int) -> Tensor:
-    """Crop the central size x size window of a (N, C, H, W) batch (H, W >= size)."""
-    h, w = x.shape[-2], x.shape[-1]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
 class EvalPreprocess(nn.Module):
     """float RGB [0, 1], any size -> resized, centre-cropped, normalised batch."""
 
@@ -77,18 +58,6 @@ class EvalPreprocess(nn.Module):
         x = resize_short(x, self.resize_size, self.interpolation)
         x = center_crop(x, self.crop_size)
         return (x - self.mean) / self.std
-
-
-def cache_image(img: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
-    """uint8 (3, H, W) -> uint8 (3, size, size): short side resized, centre square kept.
-    Bilinear resizes the uint8 image directly (4x faster than through float, within one
-    grey level of it); other modes go through float."""
-    if interpolation == "bilinear":
-        x = resize_short(img.unsqueeze(0), size, interpolation)
-        return center_crop(x, size).squeeze(0).contiguous()
-    x = resize_short(img.unsqueeze(0).float() / 255.0, size, interpolation)
-    x = center_crop(x, size)
-    return (x.squeeze(0) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 class QuarterTurn(nn.Module):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from landmark.models.embedding import Pooled
-from landmark.models.registry import register_model
-from landmark.presets import Preset
+from train.models.embedding import Pooled
+from train.models.registry import register_model
+from train.presets import Preset
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, act: bool = True) -> nn.Sequential:

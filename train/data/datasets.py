@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from landmark.data.layout import Split, scan_split
+from train.data.layout import Split, scan_split
 
 VAL_FRACTION = 0.1  # the trainers' default share of each class held out
 
@@ -73,16 +72,6 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.transform(self.images[i]), self.labels[i]
-
-
-def resolve_workers(workers: int, device: torch.device) -> int:
-    """-1 -> DataLoader workers that pay off: none on a small CPU box, where a worker only
-    competes with the model for the same cores (bench.pipeline: 90% vs 84% with one
-    worker on 2 cores), else up to 8 (GPU boxes need decoding kept off the main thread)."""
-    if workers >= 0:
-        return workers
-    cores = os.cpu_count() or 1
-    return 0 if device.type == "cpu" and cores <= 2 else min(8, max(1, cores - 1))
 
 
 def dataset_labels(ds: Dataset) -> Tensor:

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic",
-                  ".heif"}
+from landmark.imageio import list_images
 
 
 class DatasetError(RuntimeError):
     """A dataset folder that is missing, empty or not in the expected layout."""
-
-
-def display_name(folder: str) -> str:
-    """'05.Golden_Gate_Bridge' -> 'Golden Gate Bridge'."""
-    return re.sub(r"^\d+\.", "", folder).replace("_", " ").strip()
 
 
 @dataclass(frozen=True)
@@ -27,11 +20,6 @@ class Split:
     paths: list[Path]
     labels: list[int]
     classes: list[str]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files below `folder`, sorted, recursing into sub-folders."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def scan_split(root: str | Path, split: str, classes: list[str] | None = None) -> Split:

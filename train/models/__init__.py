@@ -1,5 +1,5 @@
 """Architectures by name (training side only)."""
 
-from landmark.models.registry import create_model, list_models, register_model
+from train.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

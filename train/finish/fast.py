@@ -1,6 +1,6 @@
 r"""A faster model file from a trained one: the same weights at a smaller input, frozen.
 
-    python -m train.fast models/transfer.pt --crop-size 224 \
+    python -m train.finish.fast models/transfer.pt --crop-size 224 \
         --data ../shared/data/landmark_images --out models/transfer_fast.pt
 
 A CNN's cost grows with the square of its input side, and a network fine-tuned on random
@@ -9,8 +9,8 @@ its accuracy. The network is rebuilt from the file's weights; the resize keeps t
 crop ratio. Temperature and reject threshold are chosen again at the new size, on the
 validation split and the tuning half of unknown/ (the rule of the trainers; the test split
 is only reported). The export is frozen (`torch.jit.freeze`); an upright head
-(train.upright) is kept as it was fitted at the source's size. Afterwards, choose how
-taught places compete at the new size: `python -m train.places OUT --write ...`.
+(train.finish.upright) is kept as it was fitted at the source's size. Afterwards, choose how
+taught places compete at the new size: `python -m train.finish.places OUT --write ...`.
 
 With `--match FLOAT.pt --known-extra ROOT`, the threshold is instead the one at which the
 fast file accepts the same share of known photos it never trained on (validation plus
@@ -37,14 +37,15 @@ import numpy as np
 from torch import Tensor, nn
 
 from landmark.cli import add_data_arg
-from landmark.data import DatasetError
-from landmark.data.cache import DEFAULT_CACHE_DIR, CachedSplit
-from landmark.export import Exported, ExportError, export_model, kept_parts
+from landmark.contract import Exported
 from landmark.predict import Predictor
-from landmark.presets import Preset
 from train.assess import ThresholdRule, assess
-from train.places import add_known_extra_arg, known_photos
-from train.reexport import rebuild
+from train.data import DatasetError
+from train.data.cache import DEFAULT_CACHE_DIR, CachedSplit
+from train.export import ExportError, export_model, kept_parts
+from train.finish.places import add_known_extra_arg, known_photos
+from train.finish.reexport import rebuild
+from train.presets import Preset
 from train.runner import headline_metrics, load_splits, setup_logging, write_report
 
 log = logging.getLogger("train")
@@ -168,7 +169,7 @@ def matched_threshold(fast: Derived, reference: Path, data: Path, extra: list[Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.fast", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.finish.fast", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="trained model file (not frozen)")
     add_choice_args(p)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.known_extra and not args.match:
         p.error("--known-extra needs --match")
     setup_logging()
-    command = shlex.join(["python", "-m", "train.fast", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "train.finish.fast", *(argv or sys.argv[1:])])
     try:
         out, report = make_fast(args, command)
     except (OSError, ValueError, KeyError, DatasetError, ExportError) as e:

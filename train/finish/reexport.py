@@ -1,9 +1,9 @@
 r"""Export a model file again under the current contract, from the file's own weights.
 
-    python -m train.reexport models/transfer.pt                  # in place
-    python -m train.reexport models/scratch.pt --out /tmp/s.pt
-    python -m train.reexport models/transfer.pt --backbone-out runs/backbone.pth
-    python -m train.reexport models/transfer.pt --project 512 \
+    python -m train.finish.reexport models/transfer.pt                  # in place
+    python -m train.finish.reexport models/scratch.pt --out /tmp/s.pt
+    python -m train.finish.reexport models/transfer.pt --backbone-out runs/backbone.pth
+    python -m train.finish.reexport models/transfer.pt --project 512 \
         --photos ../shared/data/landmark_images/train ../shared/data/landmark_extra/train
 
 `--backbone-out` writes the file's backbone weights instead, for `train.transfer
@@ -33,21 +33,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from landmark.data.imageio import load_image, to_tensor
-from landmark.data.layout import list_images
-from landmark.export import (
-    Exported,
-    ExportError,
-    Upright,
-    export_model,
-    kept_parts,
-    load_exported,
-    wrap,
-)
-from landmark.models import create_model
-from landmark.models.transfer import BACKBONES
+from landmark.contract import Exported, load_exported
+from landmark.imageio import list_images, load_image, to_tensor
 from landmark.predict import decode_side
-from landmark.presets import Preset
+from train.export import ExportError, Upright, export_model, kept_parts, wrap
+from train.models import create_model
+from train.models.transfer import BACKBONES
+from train.presets import Preset
 
 
 def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
@@ -64,7 +56,7 @@ def rebuild(path: Path) -> tuple[nn.Module, Preset, Exported]:
     else:
         features, head = net.split_head()
         saved = exp.module.features
-        # files before landmark.models.embedding held the network itself as `features`
+        # files before train.models.embedding held the network itself as `features`
         features.net.load_state_dict(getattr(saved, "net", saved).state_dict())
         head.load_state_dict(exp.module.head.state_dict())
     preset = Preset(**{k: tuple(v) if isinstance(v, list) else v
@@ -129,7 +121,7 @@ def save_backbone(path: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.reexport", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.finish.reexport", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="model file to export again")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: in place)")
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.project is not None and not args.photos:
         p.error("--project needs --photos")
-    command = shlex.join(["python", "-m", "train.reexport", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "train.finish.reexport", *(argv or sys.argv[1:])])
     try:
         if args.backbone_out:
             out = save_backbone(args.model, args.backbone_out)

@@ -1,7 +1,7 @@
 """Dataset tools.
 
-    python -m landmark.data download [--dest DIR]   fetch + verify + unpack the 50-class set
-    python -m landmark.data info --data DIR         photos per class and split
+    python -m train.data download [--dest DIR]   fetch + verify + unpack the 50-class set
+    python -m train.data info --data DIR         photos per class and split
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from landmark.data.download import DATASET_URL, DownloadError, download_dataset
-from landmark.data.layout import DatasetError, display_name, scan_split
+from landmark.facts import display_name
+from train.data.download import DATASET_URL, DownloadError, download_dataset
+from train.data.layout import DatasetError, scan_split
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m landmark.data", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="download the Udacity landmark dataset (resumable)")

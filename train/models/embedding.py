@@ -4,7 +4,7 @@ A network's `split_head()` gives (features, head); `features(x)` returns the tri
 (pooled features the head reads, descriptor for places, layout), so the classifier, the
 places index and the upright head share one pass. The layout is a 2x2 grid of the final
 map's channel means: where things are in the frame, which global pooling discards and
-which tells a photo lying on its side (landmark.export.Upright). Measured on `new_places`
+which tells a photo lying on its side (train.export.Upright). Measured on `new_places`
 (docs/decisions.md, "Teaching places"): GeM over the last two blocks and the final map
 beats the pooled features alone.
 """

@@ -22,13 +22,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from landmark import checkpoint
-from landmark.data.datasets import (
-    class_weights,
-    dataset_labels,
-    per_photo_weights,
-    resolve_workers,
-)
+from landmark.imageio import resolve_workers
+from train import checkpoint
+from train.data.datasets import class_weights, dataset_labels, per_photo_weights
 
 log = logging.getLogger(__name__)
 KD_TAU = 2.0  # distillation temperature: both distributions softened by it (Hinton et al.)
