@@ -1,0 +1,100 @@
+"""Batching across requests: photos from concurrent requests share model calls.
+
+Each photo waits in one queue per model. A free stream takes what is queued, up to
+`max_batch` photos, waiting at most `max_wait_ms` for more, and runs them as one batch in
+its own thread (`Predictor.forward`, the batch tagger's path). On a 2-core CPU batches of
+one on parallel single-threaded streams were fastest (bench.service), so that is the CPU
+default; a GPU gets larger batches on one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from landmark.predict import Predictor
+from landmark.serve.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How photos are grouped: the largest batch, the longest wait for one to fill, and
+    how many model calls run at once."""
+
+    max_batch: int
+    max_wait_ms: float
+    streams: int
+
+    @staticmethod
+    def for_device(cuda: bool | None = None) -> BatchPlan:
+        """The measured default: on a CPU single photos on one stream per core (at most
+        8), on a GPU batches of up to 16 on one stream."""
+        if torch.cuda.is_available() if cuda is None else cuda:
+            return BatchPlan(16, 5.0, 1)
+        return BatchPlan(1, 0.0, max(1, min(8, os.cpu_count() or 1)))
+
+
+class Batcher:
+    """Queues uint8 squares (`Predictor.prepare`) for one predictor and answers each with
+    its (probabilities, embedding) row."""
+
+    def __init__(self, name: str, predictor: Predictor, plan: BatchPlan,
+                 metrics: Metrics) -> None:
+        self.name, self.predictor, self.plan, self.metrics = name, predictor, plan, metrics
+        self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(plan.streams, thread_name_prefix=f"model-{name}")
+        self.free = asyncio.Semaphore(plan.streams)
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __call__(self, square: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((square, future))
+        self.metrics.queue.labels(self.name).set(self.queue.qsize())
+        return await future
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            await self.free.acquire()  # photos queued meanwhile join this batch
+            deadline = loop.time() + self.plan.max_wait_ms / 1000
+            while len(batch) < self.plan.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self.queue.get(), left))
+                    except TimeoutError:
+                        break
+            self.metrics.queue.labels(self.name).set(self.queue.qsize())
+            self.metrics.batch.labels(self.name).observe(len(batch))
+            run = loop.run_in_executor(self.pool, self.predictor.forward,
+                                       torch.stack([square for square, _ in batch]))
+            run.add_done_callback(lambda done, batch=batch: self._answer(done, batch))
+
+    def _answer(self, done: asyncio.Future, batch: list) -> None:
+        self.free.release()
+        error = done.exception()
+        for i, (_, future) in enumerate(batch):
+            if future.done():  # its request was cancelled (client gone)
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                probs, emb = done.result()
+                future.set_result((probs[i], emb[i]))
