@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     app = gr.mount_gradio_app(service, demo, path="/", max_file_size=MAX_FILE_SIZE)
     log.info("the app and the HTTP API (/v1/, docs at /docs) on http://%s:%d", host, port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning",
-                timeout_keep_alive=5)
+                timeout_keep_alive=5, timeout_graceful_shutdown=5)
     return 0
 
 

@@ -111,13 +111,11 @@ class Predictor:
         `prepare`: the one inference path of `landmark.tag` and `landmark.serve`."""
         return self.module.probs_and_embedding(squares.float() / 255.0)
 
-    @torch.no_grad()
     def run(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, C) probabilities and (N, D) embeddings, from one pass; photos of different
-        sizes run one at a time."""
-        out = [self.module.probs_and_embedding(to_tensor(img)[None].float() / 255.0)
-               for img in images]
-        return torch.cat([p for p, _ in out]), torch.cat([e for _, e in out])
+        """(N, C) probabilities and (N, D) embeddings of decoded photos, from one pass
+        through `prepare` and `forward`: the app, places, the batch tagger and the service
+        all answer alike."""
+        return self.forward(torch.stack([self.prepare(img) for img in images]))
 
     def top_k(self, probs: torch.Tensor, k: int = 3) -> list[dict]:
         """Top-k [{class, landmark, confidence, source}] of one probability row."""

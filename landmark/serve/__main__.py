@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         args.host, args.port, len(settings.api_keys), settings.places, args.max_batch,
         args.streams)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False,
-                timeout_keep_alive=5, log_level="warning")
+                timeout_keep_alive=5, timeout_graceful_shutdown=5, log_level="warning")
     return 0
 
 

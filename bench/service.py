@@ -1,0 +1,354 @@
+"""The HTTP service against what the model can do, in one run on the same photos.
+
+    python -m bench.service --data ../shared/data/landmark_images --photos 96
+
+Rows, each measured in a process of its own so that its peak memory (VmHWM) is its own:
+- `capacity`: the model file called directly (`Predictor` load, prepare, forward), one
+  photo a call, from 1, 2 and 4 threads; the best is the capacity;
+- `landmark.tag`: the batch tagger at steady state (in one process, after a warm-up
+  pass), and its cold start for one photo next to importing torch and loading the file;
+- `landmark.serve`: `/v1/tag`, and `images:annotate` with 1 and with 16 photos a call,
+  from 1, 4, 16 and 64 concurrent httpx clients: photos/s, p50/p95/p99 per request;
+- the Gradio `/tag` path of `python app.py`, from 16 gradio_client users.
+`--soak 600` instead runs 16 clients for 10 minutes with bombs and broken photos mixed in.
+Writes its section of BENCHMARKS.md. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.app_load import bomb_png, peak_rss_mb, start_app, user
+from bench.report import update_section
+from landmark.cli import add_data_arg
+from train.data import scan_split
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = (1, 4, 16, 64)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(part: str, photos: list[Path], model: str) -> dict:
+    """Run one part of this bench in a fresh process; its JSON line back."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(map(str, photos)))
+    out = subprocess.run([sys.executable, "-m", "bench.service", "--part", part, "--list",
+                          f.name, "--model", model], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _own_peak() -> float:
+    return peak_rss_mb(os.getpid())
+
+
+def part_capacity(photos: list[Path], model: str) -> dict:
+    """The model file called directly, one photo a call (decode included), per thread
+    count: photos/s."""
+    import torch
+
+    from landmark.predict import Predictor
+    from landmark.resolve import resolve
+    predictor = Predictor(resolve(model))
+    cores = torch.get_num_threads()
+
+    def one(p: Path) -> None:
+        predictor.forward(predictor.prepare(predictor.load(p))[None])
+
+    torch.set_num_threads(cores)
+    for photo in photos[:4]:
+        predictor.tag(photo)  # warm-up
+    direct = []
+    for photo in photos:  # one client's latency, called directly
+        start = time.perf_counter()
+        predictor.tag(photo)
+        direct.append(time.perf_counter() - start)
+    rates = {}
+    for threads in (1, 2, 4):
+        torch.set_num_threads(max(1, cores // threads))
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, photos[:threads * 2]))  # warm-up
+            start = time.perf_counter()
+            list(pool.map(one, photos))
+            rates[threads] = len(photos) / (time.perf_counter() - start)
+    return {"rates": rates, "direct_p50": float(np.median(direct)), "peak_mb": _own_peak()}
+
+
+def part_tag(photos: list[Path], model: str) -> dict:
+    """landmark.tag's run at steady state: a warm-up pass, then the timed one."""
+    from landmark.predict import Predictor
+    from landmark.resolve import resolve
+    from landmark.tag import run
+    predictor = Predictor(resolve(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        run(photos[:8], predictor, Path(tmp) / "warm.jsonl")
+        start = time.perf_counter()
+        run(photos, predictor, Path(tmp) / "tags.jsonl")
+        rate = len(photos) / (time.perf_counter() - start)
+    return {"rate": rate, "peak_mb": _own_peak()}
+
+
+def cold_start(photo: Path, model: str) -> dict:
+    """Seconds for `landmark.tag` to tag one photo from a cold process, and for a bare
+    process to import torch and load the model file."""
+    def timed(*cmd: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True,
+                       capture_output=True)
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tag = timed("-m", "landmark.tag", str(photo), "--model", model, "--out",
+                    f"{tmp}/one.jsonl")
+    load = timed("-c", "import torch; from landmark.contract import load_exported; "
+                 f"from landmark.resolve import resolve; load_exported(resolve({model!r}))")
+    return {"tag_one_s": tag, "import_and_load_s": load}
+
+
+async def _clients(url: str, n: int, bodies: list[tuple[str, dict]], photos_per: int,
+                   ) -> dict:
+    """`n` concurrent clients share the request bodies; photos/s and latency."""
+    queue = list(bodies)
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while queue:
+            route, kw = queue.pop()
+            start = time.perf_counter()
+            r = await http.post(f"{url}{route}", **kw)
+            latencies.append(time.perf_counter() - start)
+            errors += r.status_code != 200 or "error" in r.text[:20000]
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(n)))
+        wall = time.perf_counter() - start
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {"rate": len(bodies) * photos_per / wall, "p50": p50, "p95": p95, "p99": p99,
+            "errors": errors, "requests": len(bodies)}
+
+
+@contextmanager
+def running_service(model: str) -> Iterator[tuple[str, int]]:
+    """`python -m landmark.serve` on a free port, once ready: (URL, pid)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "landmark.serve", "--port", str(port),
+                             "--models", model], cwd=ROOT, env={
+                                 **os.environ, "LANDMARK_PLACES": tempfile.mkdtemp()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _annotate_body(photos: list[bytes]) -> dict:
+    feature = [{"type": "LANDMARK_DETECTION", "maxResults": 3}]
+    return {"json": {"requests": [{"image": {"content": base64.b64encode(b).decode()},
+                                   "features": feature} for b in photos]}}
+
+
+def service_rows(photos: list[Path], model: str) -> tuple[list[dict], float]:
+    raw = [p.read_bytes() for p in photos]
+    shapes = {
+        "/v1/tag": ([("/v1/tag", {"content": b}) for b in raw], 1),
+        "images:annotate, 1 photo a call": (
+            [("/v1/images:annotate", _annotate_body([b])) for b in raw], 1),
+        "images:annotate, 16 photos a call": (
+            [("/v1/images:annotate", _annotate_body(raw[i:i + 16]))
+             for i in range(0, len(raw) - 15, 16)], 16)}
+    rows = []
+    with running_service(model) as (url, pid):
+        asyncio.run(_clients(url, 2, shapes["/v1/tag"][0][:8], 1))  # warm-up
+        for name, (bodies, per) in shapes.items():
+            for n in CLIENTS:
+                rows.append({"path": name, "clients": n,
+                             **asyncio.run(_clients(url, n, bodies, per))})
+        peak = peak_rss_mb(pid)
+    return rows, peak
+
+
+def gradio_row(photos: list[Path], model: str, users: int = 16) -> dict:
+    port = _free_port()
+    proc, _ = start_app(port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        user(url, photos[:2], model)
+        per = -(-len(photos) // users)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(users) as pool:
+            done = list(pool.map(lambda u: user(url, photos[u * per:(u + 1) * per], model),
+                                 range(users)))
+        wall = time.perf_counter() - start
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lat = [x for d in done for x in d[0]]
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return {"rate": len(lat) / wall, "p50": p50, "p95": p95, "p99": p99,
+            "errors": sum(len(d[1]) for d in done), "peak_mb": peak}
+
+
+def report(photos: list[Path], model: str) -> str:
+    cap = _child("capacity", photos, model)
+    capacity = max(cap["rates"].values())
+    tag = _child("tag", photos, model)
+    cold = cold_start(photos[0], model)
+    rows, serve_peak = service_rows(photos, model)
+    grad = gradio_row(photos, model)
+    lines = [f"{len(photos)} test photos, model `{model}`; photos/s, and seconds per request.",
+             "", "| path | clients | photos/s | × capacity | p50 | p95 | p99 | errors | "
+             "peak memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for threads, rate in cap["rates"].items():
+        lines.append(f"| capacity: model file, {threads} thread(s) | {threads} | {rate:.1f} | "
+                     f"{rate / capacity:.2f} | | | | 0 | {cap['peak_mb']:.0f} |")
+    lines.append(f"| `landmark.tag`, steady state | | {tag['rate']:.1f} | "
+                 f"{tag['rate'] / capacity:.2f} | | | | 0 | {tag['peak_mb']:.0f} |")
+    for r in rows:
+        lines.append(f"| `landmark.serve` {r['path']} | {r['clients']} | {r['rate']:.1f} | "
+                     f"{r['rate'] / capacity:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | "
+                     f"{r['p99']:.3f} | {r['errors']} | {serve_peak:.0f} |")
+    lines.append(f"| Gradio `/tag` (`python app.py`) | 16 | {grad['rate']:.1f} | "
+                 f"{grad['rate'] / capacity:.2f} | {grad['p50']:.3f} | {grad['p95']:.3f} | "
+                 f"{grad['p99']:.3f} | {grad['errors']} | {grad['peak_mb']:.0f} |")
+    at16 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 16)
+    at1 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 1)
+    little = 16 / at16["rate"]
+    lines += ["", f"Capacity {capacity:.1f} photos/s (best of 1, 2, 4 threads). At 16 "
+              f"clients `/v1/tag` reaches {at16['rate'] / capacity:.2f}× capacity; its p95 "
+              f"{at16['p95']:.3f} s is {at16['p95'] / little:.2f}× Little's law "
+              f"(16 ÷ throughput = {little:.3f} s). `landmark.tag` tags one photo from a "
+              f"cold start in {cold['tag_one_s']:.1f} s, where importing torch and loading "
+              f"the file take {cold['import_and_load_s']:.1f} s "
+              f"({cold['tag_one_s'] / cold['import_and_load_s']:.2f}×). With one client "
+              f"`/v1/tag` answers in {at1['p50']:.3f} s (p50), where `Predictor.tag` called "
+              f"directly takes {cap['direct_p50']:.3f} s "
+              f"({at1['p50'] / cap['direct_p50']:.2f}×). Server memory is its peak over "
+              "every row."]
+    return "\n".join(lines)
+
+
+async def _soak_client(url: str, bodies: list[tuple[str, dict, bool]], deadline: float,
+                       counts: dict, first: int) -> None:
+    """Send bodies round-robin until the deadline; count what came back. A good photo
+    must be answered without error, a bad one refused with a clear error (400, or its
+    own error in images:annotate); anything else is an error, and no answer at all a
+    lost photo."""
+    i = first
+    async with httpx.AsyncClient(timeout=120) as http:
+        while time.perf_counter() < deadline:
+            route, kw, good = bodies[i % len(bodies)]
+            i += 1
+            try:
+                r = await http.post(f"{url}{route}", **kw)
+            except httpx.HTTPError:
+                counts["lost"] += 1
+                continue
+            try:
+                answers = r.json().get("responses", [])
+            except ValueError:
+                answers = []
+            failed = r.status_code != 200 or any("error" in x for x in answers)
+            counts["requests"] += 1
+            if good and not failed:
+                counts["answered"] += 1
+            elif not good and failed and r.status_code < 500:
+                counts["refused"] += 1
+            else:
+                counts["errors"] += 1
+
+
+def soak(photos: list[Path], model: str, seconds: float, clients: int = 16) -> str:
+    """`clients` clients for `seconds`, real photos with bombs and broken photos mixed in."""
+    bomb = bomb_png(Path(tempfile.mkdtemp()) / "bomb.png").read_bytes()
+    raw = [p.read_bytes() for p in photos]
+    broken = raw[0][: len(raw[0]) // 3]
+    bodies = [*(("/v1/tag", {"content": b}, True) for b in raw[::2]),
+              *(("/v1/images:annotate", _annotate_body([b]), True) for b in raw[1::2]),
+              ("/v1/tag", {"content": bomb}, False), ("/v1/tag", {"content": broken}, False),
+              ("/v1/images:annotate", _annotate_body([bomb]), False),
+              ("/v1/tag", {"content": b"not a photo"}, False)]
+    counts = dict.fromkeys(("requests", "answered", "refused", "errors", "lost"), 0)
+    with running_service(model) as (url, pid):
+        start = time.perf_counter()
+
+        async def all_clients() -> None:
+            await asyncio.gather(*(_soak_client(url, bodies, start + seconds, counts,
+                                                c * 7) for c in range(clients)))
+        asyncio.run(all_clients())
+        wall = time.perf_counter() - start
+        peak = peak_rss_mb(pid)
+    return (f"{clients} clients for {wall:.0f} s against `landmark.serve` (model `{model}`), "
+            f"{len(raw)} real test photos with a PNG bomb (15000×15900), a truncated JPEG, "
+            "and bytes that are no photo mixed in.\n\n| requests | good photos answered | "
+            "bad photos refused | errors | lost | requests/s | peak memory (MB) |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {counts['requests']} | {counts['answered']} | {counts['refused']} | "
+            f"{counts['errors']} | {counts['lost']} | {counts['requests'] / wall:.1f} | "
+            f"{peak:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arg(p, required=False)
+    p.add_argument("--photos", type=int, default=96, help="test photos used (default 96)")
+    p.add_argument("--model", default="transfer", help="model name (default transfer)")
+    p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                   help="instead: a soak of 16 clients for SECONDS with bombs and broken "
+                   "photos mixed in (the issue's 600)")
+    p.add_argument("--part", choices=["capacity", "tag"], help=argparse.SUPPRESS)
+    p.add_argument("--list", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.update(LANDMARK_HUB_REPO="off", GRADIO_ANALYTICS_ENABLED="False")  # all parts
+    if args.part:
+        photos = [Path(line) for line in args.list.read_text().splitlines()]
+        fn = part_capacity if args.part == "capacity" else part_tag
+        print(json.dumps(fn(photos, args.model)))
+        return
+    if args.data is None:
+        p.error("--data is required")
+    photos = scan_split(args.data, "test").paths[::3][:args.photos]
+    if args.soak:
+        update_section("service_soak", "The HTTP service under a soak",
+                       soak(photos, args.model, args.soak))
+        return
+    update_section("service", "The HTTP service against the model's capacity",
+                   report(photos, args.model))
+
+
+if __name__ == "__main__":
+    main()
