@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 import uvicorn
 
 from landmark.geotag import GeotagError, geotagged_copy
@@ -44,8 +45,9 @@ from landmark.imageio import ImageError
 from landmark.places import PlaceError, PlaceStore
 from landmark.places import store as place_rules
 from landmark.places.teach import teach
-from landmark.predict import MAX_K, Predictor, parse_k
+from landmark.predict import MAX_K, Predictor, parse_k, stream_plan
 from landmark.resolve import available
+from landmark.runtime import add_runtime_arg
 from landmark.serve import Settings, create_app
 from landmark.serve.tenants import read_keys
 from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
@@ -60,9 +62,9 @@ KEEP_PLACES_S = 24 * 3600  # a public session's taught places, once unchanged th
 log = logging.getLogger("app")
 
 
-def load_predictors() -> dict[str, Predictor]:
+def load_predictors(runtime: str | None = None) -> dict[str, Predictor]:
     """Every model found (Hub or bundled), ready to serve, the best one first."""
-    return {name: Predictor(path) for name, path in available().items()}
+    return {name: Predictor(path, runtime) for name, path in available().items()}
 
 
 def tag_file(predictors: dict[str, Predictor], path: str | Path, model_name: str,
@@ -376,11 +378,14 @@ def _result_card(item: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter
-                            ).parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_arg(p)
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    predictors = load_predictors()
+    # concurrent requests run in parallel streams, each on its share of the cores
+    torch.set_num_threads(stream_plan(torch.get_num_threads())[1])
+    predictors = load_predictors(args.runtime)
     if not predictors:
         print("error: no model files found (models/*.pt or LANDMARK_HUB_REPO)", file=sys.stderr)
         return 1

@@ -22,10 +22,10 @@ import torch
 
 from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
-from landmark.predict import Predictor
+from landmark.predict import Predictor, stream_plan
 from landmark.resolve import MODELS_DIR, resolve
 from landmark.tag import run as tag_run
-from landmark.tag import stream_plan, torch_threads
+from landmark.tag import torch_threads
 from train.data import scan_split
 from train.export import ExportError, export_model, kept_parts, wrap
 from train.finish.reexport import rebuild
@@ -141,22 +141,27 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=None,
                    help="test photos for throughput (default: all)")
     p.add_argument("--batch-size", type=int, default=32, help="photos per model call")
+    p.add_argument("--runtimes", nargs="+", default=["torchscript", "onnx"],
+                   choices=["torchscript", "onnx"],
+                   help="runtimes of the shipped models, side by side (default both)")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved rounds of the throughput figures (median reported)")
     args = p.parse_args()
     photos = scan_split(args.data, "test").paths[: args.photos]
     streams, _ = stream_plan(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [frozen_lite2_baseline(Path(tmp)), *(resolve(name) for name in args.models)]
-        preds = [Predictor(path) for path in paths]
+        paths = [frozen_lite2_baseline(Path(tmp)), *(resolve(name) for name in args.models
+                                                      for _ in args.runtimes)]
+        runtimes = ["torchscript", *(rt for _ in args.models for rt in args.runtimes)]
+        preds = [Predictor(path, rt) for path, rt in zip(paths, runtimes, strict=True)]
         lat = latencies(preds, photos[:LATENCY_PHOTOS])
         results = [{**bench_model(pred, photos, args.batch_size, args.repeats), **t}
                    for pred, t in zip(preds, lat, strict=True)]
     baseline = results[0]["p50"]
     rows = [row("frozen-Lite2 baseline", results[0], baseline)]
-    for path, r in zip(paths[1:], results[1:], strict=True):
+    for path, rt, r in zip(paths[1:], runtimes[1:], results[1:], strict=True):
         label = path.name if path.parent == MODELS_DIR else f"{path.parent.name}/{path.name}"
-        rows.append(row(label, r, baseline))
+        rows.append(row(f"{label} ({rt})", r, baseline))
     body = (f"{len(photos)} test photos; batch {args.batch_size}; photos/s unless noted; "
             f"throughputs are the median of {args.repeats} interleaved rounds. "
             f"Latency: one photo through `Predictor.tag` (decode, preprocessing, model), "
@@ -170,7 +175,10 @@ def main() -> None:
             "model alone on a batch already in memory: the bare network's forward on random "
             "tensors (no preprocessing, all threads), the TorchScript file called with all "
             "threads, the same file on the streams tagging uses, and its eager twin (a frozen "
-            "file has none). The last column divides batch tagging by the fastest of those.\n\n"
+            "file has none). The last column divides batch tagging by the fastest of those. "
+            "Each shipped file runs on each runtime in the same run: on an `(onnx)` row the "
+            "TorchScript columns are its `.onnx` twin in ONNX Runtime, inside the contract's "
+            "wrapper.\n\n"
             "| model | architecture | input px | frozen | latency p50 (ms) | p95 (ms) | "
             "p50 / baseline | batch tagging | raw forward | TorchScript | TorchScript, streams | "
             "eager | tagging / raw forward | tagging / fastest model alone |\n"

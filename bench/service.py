@@ -49,13 +49,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(part: str, photos: list[Path], model: str) -> dict:
+def _child(part: str, photos: list[Path], model: str, runtime: str) -> dict:
     """Run one part of this bench in a fresh process; its JSON line back."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(map(str, photos)))
     out = subprocess.run([sys.executable, "-m", "bench.service", "--part", part, "--list",
-                          f.name, "--model", model], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
+                          f.name, "--model", model, "--runtimes", runtime], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -63,14 +63,14 @@ def _own_peak() -> float:
     return peak_rss_mb(os.getpid())
 
 
-def part_capacity(photos: list[Path], model: str) -> dict:
+def part_capacity(photos: list[Path], model: str, runtime: str) -> dict:
     """The model file called directly, one photo a call (decode included), per thread
     count: photos/s."""
     import torch
 
     from landmark.predict import Predictor
     from landmark.resolve import resolve
-    predictor = Predictor(resolve(model))
+    predictor = Predictor(resolve(model), runtime)
     cores = torch.get_num_threads()
 
     def one(p: Path) -> None:
@@ -95,12 +95,12 @@ def part_capacity(photos: list[Path], model: str) -> dict:
     return {"rates": rates, "direct_p50": float(np.median(direct)), "peak_mb": _own_peak()}
 
 
-def part_tag(photos: list[Path], model: str) -> dict:
+def part_tag(photos: list[Path], model: str, runtime: str) -> dict:
     """landmark.tag's run at steady state: a warm-up pass, then the timed one."""
     from landmark.predict import Predictor
     from landmark.resolve import resolve
     from landmark.tag import run
-    predictor = Predictor(resolve(model))
+    predictor = Predictor(resolve(model), runtime)
     with tempfile.TemporaryDirectory() as tmp:
         run(photos[:8], predictor, Path(tmp) / "warm.jsonl")
         start = time.perf_counter()
@@ -109,7 +109,34 @@ def part_tag(photos: list[Path], model: str) -> dict:
     return {"rate": rate, "peak_mb": _own_peak()}
 
 
-def cold_start(photo: Path, model: str) -> dict:
+def part_limit(photos: list[Path], model: str, runtime: str) -> dict:
+    """The ONNX file alone: ONNX Runtime sessions called from 1, 2 and 4 threads on
+    crops already decoded and preprocessed (each thread's share of the cores)."""
+    import onnxruntime as ort
+
+    from landmark.predict import Predictor
+    from landmark.resolve import resolve
+    from landmark.runtime import INPUT, onnx_path
+    predictor = Predictor(resolve(model), "onnx")
+    crops = [predictor.module.pre(predictor.prepare(predictor.load(p))[None].float() / 255)
+             .contiguous().numpy() for p in photos]
+    cores, rates = os.cpu_count() or 1, {}
+    for threads in (1, 2, 4):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, cores // threads)
+        session = ort.InferenceSession(str(onnx_path(resolve(model))), options,
+                                       providers=["CPUExecutionProvider"])
+        def run(x: object, session: ort.InferenceSession = session) -> object:
+            return session.run(None, {INPUT: x})
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, crops[:8]))
+            start = time.perf_counter()
+            list(pool.map(run, crops))
+            rates[threads] = len(crops) / (time.perf_counter() - start)
+    return {"rates": rates, "peak_mb": _own_peak()}
+
+
+def cold_start(photo: Path, model: str, runtime: str) -> dict:
     """Seconds for `landmark.tag` to tag one photo from a cold process, and for a bare
     process to import torch and load the model file."""
     def timed(*cmd: str) -> float:
@@ -120,7 +147,7 @@ def cold_start(photo: Path, model: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tag = timed("-m", "landmark.tag", str(photo), "--model", model, "--out",
-                    f"{tmp}/one.jsonl")
+                    f"{tmp}/one.jsonl", "--runtime", runtime)
     load = timed("-c", "import torch; from landmark.contract import load_exported; "
                  f"from landmark.resolve import resolve; load_exported(resolve({model!r}))")
     return {"tag_one_s": tag, "import_and_load_s": load}
@@ -152,11 +179,11 @@ async def _clients(url: str, n: int, bodies: list[tuple[str, dict]], photos_per:
 
 
 @contextmanager
-def running_service(model: str) -> Iterator[tuple[str, int]]:
+def running_service(model: str, runtime: str = "auto") -> Iterator[tuple[str, int]]:
     """`python -m landmark.serve` on a free port, once ready: (URL, pid)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "landmark.serve", "--port", str(port),
-                             "--models", model], cwd=ROOT, env={
+                             "--models", model, "--runtime", runtime], cwd=ROOT, env={
                                  **os.environ, "LANDMARK_PLACES": tempfile.mkdtemp()},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -180,7 +207,7 @@ def _annotate_body(photos: list[bytes]) -> dict:
                                    "features": feature} for b in photos]}}
 
 
-def service_rows(photos: list[Path], model: str) -> tuple[list[dict], float]:
+def service_rows(photos: list[Path], model: str, runtime: str) -> tuple[list[dict], float]:
     raw = [p.read_bytes() for p in photos]
     shapes = {
         "/v1/tag": ([("/v1/tag", {"content": b}) for b in raw], 1),
@@ -190,7 +217,7 @@ def service_rows(photos: list[Path], model: str) -> tuple[list[dict], float]:
             [("/v1/images:annotate", _annotate_body(raw[i:i + 16]))
              for i in range(0, len(raw) - 15, 16)], 16)}
     rows = []
-    with running_service(model) as (url, pid):
+    with running_service(model, runtime) as (url, pid):
         asyncio.run(_clients(url, 2, shapes["/v1/tag"][0][:8], 1))  # warm-up
         for name, (bodies, per) in shapes.items():
             for n in CLIENTS:
@@ -222,43 +249,61 @@ def gradio_row(photos: list[Path], model: str, users: int = 16) -> dict:
             "errors": sum(len(d[1]) for d in done), "peak_mb": peak}
 
 
-def report(photos: list[Path], model: str) -> str:
-    cap = _child("capacity", photos, model)
-    capacity = max(cap["rates"].values())
-    tag = _child("tag", photos, model)
-    cold = cold_start(photos[0], model)
-    rows, serve_peak = service_rows(photos, model)
+def _row(path: str, clients: object, rate: float, capacity: float, peak: float,
+         r: dict | None = None) -> str:
+    lat = f"{r['p50']:.3f} | {r['p95']:.3f} | {r['p99']:.3f} | {r['errors']}" if r else \
+        " | | | 0"
+    return (f"| {path} | {clients} | {rate:.1f} | {rate / capacity:.2f} | {lat} | "
+            f"{peak:.0f} |")
+
+
+def report(photos: list[Path], model: str, runtimes: list[str]) -> str:
+    """Every row, each runtime in turn; × is against TorchScript's capacity (the first
+    runtime's, when TorchScript is not measured)."""
+    lines, notes, capacity = [], [], None
+    for rt in runtimes:
+        cap = _child("capacity", photos, model, rt)
+        capacity = capacity or max(cap["rates"].values())
+        tag = _child("tag", photos, model, rt)
+        cold = cold_start(photos[0], model, rt)
+        rows, serve_peak = service_rows(photos, model, rt)
+        for threads, rate in cap["rates"].items():
+            lines.append(_row(f"{rt}: model file called directly, {threads} thread(s)",
+                              threads, rate, capacity, cap["peak_mb"]))
+        if rt == "onnx":
+            limit = _child("limit", photos, model, rt)
+            for threads, rate in limit["rates"].items():
+                lines.append(_row(f"onnx: the ONNX file alone, decoded crops, {threads} "
+                                  "thread(s)", threads, rate, capacity, limit["peak_mb"]))
+            best = max(limit["rates"].values())
+            notes.append(f"ONNX-only limit {best:.1f} photos/s: `landmark.tag --runtime onnx` "
+                         f"reaches {tag['rate'] / best:.2f}× of it and "
+                         f"{tag['rate'] / capacity:.2f}× TorchScript's capacity.")
+        lines.append(_row(f"{rt}: `landmark.tag`, steady state", "", tag["rate"], capacity,
+                          tag["peak_mb"]))
+        lines += [_row(f"{rt}: `landmark.serve` {r['path']}", r["clients"], r["rate"],
+                       capacity, serve_peak, r) for r in rows]
+        at16 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 16)
+        at1 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 1)
+        little = 16 / at16["rate"]
+        notes.append(
+            f"{rt}: capacity {max(cap['rates'].values()):.1f} photos/s (best of 1, 2, 4 "
+            f"threads); `/v1/tag` at 16 clients {at16['rate']:.1f} photos/s, p95 "
+            f"{at16['p95']:.3f} s = {at16['p95'] / little:.2f}× Little's law (16 ÷ "
+            f"throughput = {little:.3f} s); one client p50 {at1['p50']:.3f} s against "
+            f"{cap['direct_p50']:.3f} s for `Predictor.tag` called directly "
+            f"({at1['p50'] / cap['direct_p50']:.2f}×); `landmark.tag` tags one photo from a "
+            f"cold start in {cold['tag_one_s']:.1f} s, where importing torch and loading "
+            f"the `.pt` take {cold['import_and_load_s']:.1f} s "
+            f"({cold['tag_one_s'] / cold['import_and_load_s']:.2f}×).")
     grad = gradio_row(photos, model)
-    lines = [f"{len(photos)} test photos, model `{model}`; photos/s, and seconds per request.",
-             "", "| path | clients | photos/s | × capacity | p50 | p95 | p99 | errors | "
-             "peak memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
-    for threads, rate in cap["rates"].items():
-        lines.append(f"| capacity: model file, {threads} thread(s) | {threads} | {rate:.1f} | "
-                     f"{rate / capacity:.2f} | | | | 0 | {cap['peak_mb']:.0f} |")
-    lines.append(f"| `landmark.tag`, steady state | | {tag['rate']:.1f} | "
-                 f"{tag['rate'] / capacity:.2f} | | | | 0 | {tag['peak_mb']:.0f} |")
-    for r in rows:
-        lines.append(f"| `landmark.serve` {r['path']} | {r['clients']} | {r['rate']:.1f} | "
-                     f"{r['rate'] / capacity:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | "
-                     f"{r['p99']:.3f} | {r['errors']} | {serve_peak:.0f} |")
-    lines.append(f"| Gradio `/tag` (`python app.py`) | 16 | {grad['rate']:.1f} | "
-                 f"{grad['rate'] / capacity:.2f} | {grad['p50']:.3f} | {grad['p95']:.3f} | "
-                 f"{grad['p99']:.3f} | {grad['errors']} | {grad['peak_mb']:.0f} |")
-    at16 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 16)
-    at1 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 1)
-    little = 16 / at16["rate"]
-    lines += ["", f"Capacity {capacity:.1f} photos/s (best of 1, 2, 4 threads). At 16 "
-              f"clients `/v1/tag` reaches {at16['rate'] / capacity:.2f}× capacity; its p95 "
-              f"{at16['p95']:.3f} s is {at16['p95'] / little:.2f}× Little's law "
-              f"(16 ÷ throughput = {little:.3f} s). `landmark.tag` tags one photo from a "
-              f"cold start in {cold['tag_one_s']:.1f} s, where importing torch and loading "
-              f"the file take {cold['import_and_load_s']:.1f} s "
-              f"({cold['tag_one_s'] / cold['import_and_load_s']:.2f}×). With one client "
-              f"`/v1/tag` answers in {at1['p50']:.3f} s (p50), where `Predictor.tag` called "
-              f"directly takes {cap['direct_p50']:.3f} s "
-              f"({at1['p50'] / cap['direct_p50']:.2f}×). Server memory is its peak over "
-              "every row."]
-    return "\n".join(lines)
+    lines.append(_row("auto: Gradio `/tag` (`python app.py`)", 16, grad["rate"], capacity,
+                      grad["peak_mb"], grad))
+    head = [f"{len(photos)} test photos, model `{model}`; photos/s, seconds per request, "
+            "× TorchScript's capacity (the `.pt` called directly, best of 1, 2, 4 threads, "
+            "decode included).", "", "| path | clients | photos/s | × capacity | p50 | p95 "
+            "| p99 | errors | peak memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join([*head, *lines, "", *(f"- {n}" for n in notes)])
 
 
 async def _soak_client(url: str, bodies: list[tuple[str, dict, bool]], deadline: float,
@@ -330,14 +375,17 @@ def main() -> None:
     p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                    help="instead: a soak of 16 clients for SECONDS with bombs and broken "
                    "photos mixed in (the issue's 600)")
-    p.add_argument("--part", choices=["capacity", "tag"], help=argparse.SUPPRESS)
+    p.add_argument("--runtimes", nargs="+", default=["torchscript", "onnx"],
+                   choices=["torchscript", "onnx"], help="runtimes to measure, side by side "
+                   "(default both)")
+    p.add_argument("--part", choices=["capacity", "tag", "limit"], help=argparse.SUPPRESS)
     p.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.update(LANDMARK_HUB_REPO="off", GRADIO_ANALYTICS_ENABLED="False")  # all parts
     if args.part:
         photos = [Path(line) for line in args.list.read_text().splitlines()]
-        fn = part_capacity if args.part == "capacity" else part_tag
-        print(json.dumps(fn(photos, args.model)))
+        fn = {"capacity": part_capacity, "tag": part_tag, "limit": part_limit}[args.part]
+        print(json.dumps(fn(photos, args.model, args.runtimes[0])))
         return
     if args.data is None:
         p.error("--data is required")
@@ -347,7 +395,7 @@ def main() -> None:
                        soak(photos, args.model, args.soak))
         return
     update_section("service", "The HTTP service against the model's capacity",
-                   report(photos, args.model))
+                   report(photos, args.model, args.runtimes))
 
 
 if __name__ == "__main__":

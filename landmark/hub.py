@@ -34,9 +34,11 @@ from huggingface_hub.errors import (
 
 from landmark.contract import load_exported
 from landmark.metrics import per_class_rows
+from landmark.runtime import onnx_path
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
+ONNX_FILE = "model.onnx"  # its ONNX twin (landmark.runtime), when it has one
 DEFAULT_REPOS = ("landmark-tagger/landmark-transfer", "landmark-tagger/landmark-scratch")
 TIMEOUT = float(os.environ.get("LANDMARK_HUB_TIMEOUT", 5))
 
@@ -156,13 +158,17 @@ def push(model_path: str | Path, repo_id: str, *, endpoint: str | None = None,
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     figures = [p for p in (f"{stem}.confusion.png", f"{stem}.reliability.png",
                            f"{stem}.curves.png") if Path(p).exists()]
-    config = {"format": "torchscript", "model_file": MODEL_FILE, "name": meta.get("name"),
+    config = {"format": "torchscript", "model_file": MODEL_FILE,
+              "onnx_file": ONNX_FILE if onnx_path(model_path).is_file() else None,
+              "name": meta.get("name"),
               "architecture": meta.get("architecture"), "classes": model.classes,
               "preprocessing": meta.get("preset"), "temperature": meta.get("temperature"),
               "reject_threshold": meta.get("reject_threshold"), "metrics": meta.get("metrics")}
     names = [Path(f).name.replace(f"{stem.name}.", "") for f in figures]
     card = model_card(meta, report, repo_id, names)
+    twin = onnx_path(model_path)
     ops = [CommitOperationAdd(MODEL_FILE, str(model_path)),
+           *([CommitOperationAdd(ONNX_FILE, str(twin))] if twin.is_file() else []),
            CommitOperationAdd("config.json", json.dumps(config, indent=2).encode()),
            CommitOperationAdd("README.md", card.encode()),
            *[CommitOperationAdd(n, f) for n, f in zip(names, figures, strict=True)]]
@@ -221,6 +227,10 @@ def pull(repo_id: str, revision: str | None = None, dest: str | Path | None = No
         # by ref, so the cache records it for offline use; pinned to info.sha below
         path = Path(hf_hub_download(repo_id, MODEL_FILE, revision=revision or "main",
                                     endpoint=url, cache_dir=cache_dir, etag_timeout=timeout))
+        twin = next((s for s in info.siblings or [] if s.rfilename == ONNX_FILE), None)
+        if twin is not None:  # lands beside the model file, in the same snapshot
+            hf_hub_download(repo_id, ONNX_FILE, revision=revision or "main", endpoint=url,
+                            cache_dir=cache_dir, etag_timeout=timeout)
     except RepositoryNotFoundError:
         raise HubError(f"model repo {repo_id!r} not found on {url} (private repos need "
                        "HF_TOKEN or `hf auth login`)") from None
@@ -238,6 +248,12 @@ def pull(repo_id: str, revision: str | None = None, dest: str | Path | None = No
     except HubError:
         _evict(path)  # never leave a bad file in the cache
         raise
+    if twin is not None:
+        try:
+            verify(onnx_path(path), twin)
+        except HubError as e:  # the .pt still serves, on TorchScript
+            log.warning("Hub: %s; removed", e)
+            _evict(onnx_path(path))
     log.info("pulled %s@%s", repo_id, info.sha[:8])
     return _copy_to(path, dest, repo_id) if dest else path
 
@@ -262,9 +278,11 @@ def _copy_to(path: Path, dest: str | Path, repo_id: str) -> Path:
     name = load_exported(path).metadata.get("name") or repo_id.split("/")[-1]
     out = Path(dest) / f"{name}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(out)
+    for src, dst in ((path, out), (onnx_path(path), onnx_path(out))):
+        if src.is_file():
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
     return out
 
 

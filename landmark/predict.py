@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import cached_property, partial
 from pathlib import Path
 from typing import BinaryIO
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from landmark.contract import MIN_SIDE, load_exported
+from landmark.contract import MIN_SIDE, load_exported, read_extra
 from landmark.facts import display_name, lookup, nearest
 from landmark.geotag import read_gps
 from landmark.imageio import cache_image, load_image, to_tensor
@@ -28,8 +30,10 @@ from landmark.places import (
     model_key,
 )
 from landmark.places.index import stacked
+from landmark.runtime import RuntimeChoiceError, choose, onnx_classifier, onnx_path
 
 GENERIC_HASHTAGS = ("#travel", "#landmark")
+log = logging.getLogger(__name__)
 TAUGHT_CACHE = 32  # place stores whose index stays built (the app: one a session)
 MAX_ASPECT = 6.0  # a wider strip than this (a 6:1 panorama) shows too little to call
 MAX_K = 10  # landmarks a record lists at most
@@ -75,15 +79,41 @@ def decode_side(resize_size: int) -> int:
     return 2 * resize_size
 
 
+def stream_plan(threads: int) -> tuple[int, int]:
+    """(model streams, intra-op threads each) for `threads` cores: single-threaded streams,
+    at most 8. Independent streams never wait on each other, where one multi-threaded
+    forward stalls at every op whenever a decoder takes one of its cores."""
+    streams = max(1, min(8, threads))
+    return streams, max(1, threads // streams)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How photos are grouped: the largest batch, the longest wait for one to fill, and
+    how many model calls run at once."""
+
+    max_batch: int
+    max_wait_ms: float
+    streams: int
+
+    @staticmethod
+    def for_device(cuda: bool | None = None) -> BatchPlan:
+        """The measured default: on a CPU single photos on one stream a core (at most 8;
+        bench.service: batches of one beat larger ones on this 2-core CPU), on a GPU
+        batches of up to 16 on one stream."""
+        if torch.cuda.is_available() if cuda is None else cuda:
+            return BatchPlan(16, 5.0, 1)
+        return BatchPlan(1, 0.0, stream_plan(torch.get_num_threads())[0])
+
+
 class Predictor:
     """Loads one model file (the export contract) and returns top-k landmarks for photos:
     the model's classes and, with a place store, the places a user taught."""
 
-    def __init__(self, path: str | Path) -> None:
-        exported = load_exported(path)
+    def __init__(self, path: str | Path, runtime: str | None = None) -> None:
         self.path = Path(path)
-        self.module, self.classes, self.metadata = (exported.module, exported.classes,
-                                                    exported.metadata)
+        self.runtime = choose(self.path, runtime)
+        self.module, self.classes, self.metadata = self._load(runtime)
         preset = self.metadata.get("preset", {})
         self.resize_size = int(preset.get("resize_size", 256))
         self.interpolation = str(preset.get("interpolation", "bilinear"))
@@ -94,6 +124,27 @@ class Predictor:
                                           if f.name in chosen})
         self._taught: OrderedDict[Path, tuple[tuple, PlaceIndex]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _load(self, asked: str | None) -> tuple[torch.nn.Module, list[str], dict]:
+        """(module, classes, metadata) from the chosen runtime; an ONNX twin made from
+        another file falls back to TorchScript unless ONNX was asked for by name."""
+        if self.runtime == "onnx":
+            classes, metadata = read_extra(self.path)
+            try:
+                # each stream's share of the cores: parallel streams, not threads, scale
+                threads = stream_plan(torch.get_num_threads())[1]
+                module = onnx_classifier(onnx_path(self.path), metadata, threads, self.key)
+            except RuntimeChoiceError as e:
+                if (asked or os.environ.get("LANDMARK_RUNTIME")) == "onnx":
+                    raise
+                log.warning("%s: %s; serving it with TorchScript", self.path, e)
+                self.runtime = "torchscript"
+            else:
+                log.info("%s: ONNX Runtime (%s)", self.path, onnx_path(self.path).name)
+                return module, classes, metadata
+        exported = load_exported(self.path)
+        log.info("%s: TorchScript", self.path)
+        return exported.module, exported.classes, exported.metadata
 
     def load(self, src: str | Path | BinaryIO) -> Image.Image:
         """Any photo source -> RGB PIL image, reduced for memory (raises ImageError)."""

@@ -40,8 +40,9 @@ from landmark.geotag import GeotagError, geotagged_copy, read_gps
 from landmark.imageio import ImageError, list_images, resolve_workers
 from landmark.places import PlaceError, PlaceStore
 from landmark.places.store import default_store
-from landmark.predict import Predictor, unusable
+from landmark.predict import BatchPlan, Predictor, stream_plan, unusable
 from landmark.resolve import resolve
+from landmark.runtime import add_runtime_arg
 from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -183,14 +184,6 @@ def done_files(out: Path) -> set[str]:
     return {json.loads(line)["file"] for line in out.read_text().splitlines() if line}
 
 
-def stream_plan(threads: int) -> tuple[int, int]:
-    """(model streams, intra-op threads each) for `threads` cores: single-threaded streams,
-    at most 8. Independent streams never wait on each other, where one multi-threaded
-    forward stalls at every op whenever a decoder takes one of its cores."""
-    streams = max(1, min(8, threads))
-    return streams, max(1, threads // streams)
-
-
 def even_batches(n: int, batch: int, streams: int) -> list[range]:
     """Indices 0..n-1 cut into near-equal batches of at most `batch` photos, as many as a
     multiple of `streams`, so the last round keeps every stream busy (50 photos: 25 + 25,
@@ -271,7 +264,8 @@ class Sidecars:
             say(change.line(), file=sys.stdout)
 
 
-def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: int = 32,
+def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3,
+        batch: int | None = None,
         workers: int = -1, exif: tuple[Path, Path] | None = None,
         places: PlaceStore | None = None, sidecars: Sidecars | None = None) -> dict:
     """Tag `files` not yet in `out`; returns counts. Batches of at most `batch` photos
@@ -285,6 +279,7 @@ def run(files: list[Path], predictor: Predictor, out: Path, k: int = 3, batch: i
     done = done_files(out)
     todo = [f for f in files if str(f) not in done]
     streams, per_stream = stream_plan(torch.get_num_threads())
+    batch = batch or BatchPlan.for_device().max_batch
     loader = DataLoader(PhotoDataset(todo, predictor),
                         batch_sampler=even_batches(len(todo), batch, streams),
                         num_workers=resolve_workers(workers, torch.device("cpu")))
@@ -347,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("tags.jsonl"),
                    help="output .jsonl or .csv (appended to; reruns resume)")
     p.add_argument("-k", type=int, default=3, help="landmarks per photo (default 3)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="most photos per model call (default 32)")
+    add_runtime_arg(p)
+    p.add_argument("--batch-size", type=int, default=BatchPlan.for_device().max_batch,
+                   help="most photos per model call (default here: %(default)s, measured "
+                   "fastest on this device)")
     p.add_argument("--workers", type=int, default=-1,
                    help="decoding processes (default -1: none on a machine with <= 2 cores, "
                         "where the main process decodes between batches, else cores - 1, "
@@ -379,11 +376,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="print what each sidecar would gain or lose, write none (the tags "
                         "still go to --out)")
     args = p.parse_args(argv)
+    logging.basicConfig(format="%(message)s")  # warnings from anything, and our own notes:
+    logging.getLogger("landmark").setLevel(logging.INFO)  # which model file, which runtime
     if (args.sidecar_dir or args.set_gps or args.dry_run) and not args.sidecar:
         p.error("--sidecar-dir, --set-gps and --dry-run go with --sidecar")
     try:
         files = shard(collect(args.photos), args.shard)
-        predictor = Predictor(resolve(args.model))
+        predictor = Predictor(resolve(args.model), args.runtime)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from train.calibration import reject_threshold
 from train.crossval import fold_env, summarize
 from train.data import scan_split, stratified_split
 
-TINY = ["--model", "tiny_cnn", "--epochs", "2", "--batch-size", "8", "--workers", "0"]
+TINY = ["--model", "tiny_cnn", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--no-onnx"]
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:

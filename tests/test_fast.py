@@ -29,7 +29,7 @@ def model_48(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("m48")
     res = subprocess.run(
         [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model", "tiny_cnn",
-         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-onnx",
          "--outlier-weight", "0.5", "--output", str(out), "--cache-dir", str(out / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -147,7 +147,7 @@ def test_match_never_counts_photos_the_fast_files_network_trained_on(
     extra = _extra(tmp_path / "extra")
     res = subprocess.run(
         [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model", "tiny_cnn",
-         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+         "--crop-size", "48", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-onnx",
          "--extra-train", str(extra), "--output", str(tmp_path / "run"),
          "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -15,6 +15,8 @@ import torch
 
 from landmark import hub
 from landmark.contract import load_exported
+from landmark.predict import Predictor
+from landmark.runtime import onnx_path
 from tests.conftest import REPO
 from tests.hub_server import FakeHub
 from train.export import export_model
@@ -39,7 +41,9 @@ def test_push_uploads_one_commit_with_model_config_and_card(tiny_model: Path) ->
     assert len(commits) == 1 and commits[0][0] == commit
     files = commits[0][1]
     assert files["model.pt"] == tiny_model.read_bytes()
+    assert files["model.onnx"] == onnx_path(tiny_model).read_bytes()  # the ONNX twin
     config = json.loads(files["config.json"])
+    assert config["onnx_file"] == "model.onnx"
     assert config["classes"] == ["03.Eiffel_Tower", "11.Niagara_Falls"]
     assert config["architecture"] == "tiny_cnn" and config["preprocessing"]["crop_size"] == 32
     assert files["confusion.png"][:4] == b"\x89PNG"
@@ -74,6 +78,9 @@ def test_pull_latest_and_pinned_older_revision(tiny_model: Path, tmp_path: Path)
     assert pinned == tmp_path / "dest" / "scratch.pt"
     assert pinned.read_bytes() == tiny_model.read_bytes()
     assert load_exported(pinned).classes == ["03.Eiffel_Tower", "11.Niagara_Falls"]
+    for pulled, source in ((latest, other), (pinned, tiny_model)):  # twins come along
+        assert onnx_path(pulled).read_bytes() == onnx_path(source).read_bytes()
+    assert Predictor(pinned).runtime == "onnx"
 
 
 def test_missing_repo_and_revision_are_clear_errors(tiny_model: Path, tmp_path: Path) -> None:
@@ -147,7 +154,8 @@ def test_training_push_to_hub_flag(tiny_data: Path, tmp_path: Path) -> None:
     with FakeHub() as srv:
         res = subprocess.run(
             [sys.executable, "-m", "train.scratch", "--data", str(tiny_data), "--model",
-             "tiny_cnn", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--output",
+             "tiny_cnn", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+             "--no-onnx", "--output",
              str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--push-to-hub",
              "me/trained"], cwd=REPO, capture_output=True, text=True, timeout=600,
             env={**os.environ, "HF_ENDPOINT": srv.url})

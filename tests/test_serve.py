@@ -28,10 +28,9 @@ from PIL import Image
 
 from bench.app_load import bomb_png
 from landmark.facts import lookup
-from landmark.predict import Predictor
+from landmark.predict import BatchPlan, Predictor
 from landmark.resolve import MODELS_DIR
 from landmark.serve import Settings, create_app
-from landmark.serve.batching import BatchPlan
 from landmark.serve.fetch import Fetcher
 from tests.conftest import REPO, SHARED, real_photos
 

@@ -70,7 +70,8 @@ def test_resnet50_loads_local_file_trains_and_exports(tiny_data: Path, tmp_path:
     res = subprocess.run(
         [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
          "resnet50", "--weights", str(weights), "--strategy", "finetune", "--epochs", "1",
-         "--batch-size", "8", "--feature-views", "1", "--workers", "0", "--output", str(out),
+         "--batch-size", "8", "--feature-views", "1", "--workers", "0",
+         "--no-onnx", "--output", str(out),
          "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -116,7 +117,8 @@ def test_ddp_on_two_cpu_processes_with_gloo(tiny_data: Path, tmp_path: Path) -> 
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--master_port=29533", "-m", "train.scratch", "--data", str(tiny_data), "--model",
-         "tiny_cnn", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--output",
+         "tiny_cnn", "--epochs", "2", "--batch-size", "4", "--workers", "0",
+         "--no-onnx", "--output",
          str(out), "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -143,7 +145,7 @@ def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_pat
     res = subprocess.run(
         [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
          "efficientnet_lite0", "--strategy", "partial", "--epochs", "2", "--batch-size", "8",
-         "--feature-views", "2", "--workers", "0", "--mixup", "0.2", "--cutmix", "1.0",
+         "--feature-views", "2", "--workers", "0", "--no-onnx", "--mixup", "0.2", "--cutmix", "1.0",
          "--output", str(out), "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -161,6 +163,7 @@ def test_partial_strategy_trains_last_stage_and_exports(tiny_data: Path, tmp_pat
     again = subprocess.run(
         [sys.executable, "-m", "train.transfer", "--data", str(tiny_data), "--model",
          "efficientnet_lite0", "--strategy", "partial", "--output", str(out), "--export-only",
+         "--no-onnx",
          "--export", str(tmp_path / "again.pt"), "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -7,16 +7,7 @@ import itertools
 import torch
 from torch import Tensor
 
-
-def calibrated_softmax(logits: Tensor, temperature: float,
-                       background: float | None = None) -> Tensor:
-    """softmax(logits / T), with an implicit background logit b joining the softmax and
-    then dropped when given: p_i = exp(z_i) / (sum_j exp(z_j) + exp(b)). TorchScript
-    compiles this same function into every exported model (train.export)."""
-    z = logits / temperature
-    if background is not None:
-        z = torch.cat([z, torch.full_like(z[:, :1], background)], 1)
-    return z.softmax(1)[:, : logits.shape[1]]
+from landmark.contract import calibrated_softmax
 
 
 def tta_probs(logit_views: list[Tensor], temperature: float,

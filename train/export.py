@@ -1,5 +1,6 @@
 """Writing the export contract (landmark.contract): a trained network with its
-preprocessing, calibration, optional flip TTA and upright head, as one TorchScript file.
+preprocessing, calibration, optional flip TTA and upright head, as one TorchScript file,
+and its networks as an ONNX file beside it (landmark.runtime serves either).
 
 A network to export only has to offer `split_head()` -> (features: photo -> (pooled
 (N, F), descriptor (N, D), layout (N, L)), head: pooled -> logits); see
@@ -8,123 +9,20 @@ train.models.embedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark.contract import METHODS, load_exported, save
-from train.calibration import calibrated_softmax
-from train.presets import EvalPreprocess, Preset
+from landmark.contract import METHODS, ExportedClassifier, Upright, load_exported, save
+from landmark.places.index import model_key
+from landmark.runtime import INPUT, KEY, OUTPUTS, onnx_classifier, onnx_path
+from train.presets import Preset
 
 
 class ExportError(RuntimeError):
     """An export that failed its own verification."""
-
-
-class ExportedClassifier(nn.Module):
-    """Wraps a trained network with its preprocessing: probabilities and embeddings.
-
-    With `background` b, an implicit "none of these" logit joins the softmax and is then
-    dropped (`calibrated_softmax`): the top probability then also falls when every logit
-    is low (an energy score), which separates unknown places better, while the ranking of
-    classes stays the same. The embedding is the features' descriptor, L2-normalised; with
-    a `projection` (D, K), the normalised descriptor times it, normalised again: a smaller
-    vector for every taught photo to store and search (train.finish.reexport --project)."""
-
-    def __init__(self, features: nn.Module, head: nn.Module, preset: Preset,
-                 temperature: float = 1.0, flip: bool = False,
-                 background: float | None = None, projection: Tensor | None = None,
-                 upright: Upright | None = None) -> None:
-        super().__init__()
-        self.turns = upright is not None
-        self.register_buffer("upright_weight", upright.weight.float() if upright is not None
-                             else torch.zeros(0, 0))
-        self.register_buffer("upright_bias", upright.bias.float() if upright is not None
-                             else torch.zeros(0))
-        self.upright_threshold = upright.threshold if upright is not None else 1.0
-        self.project = projection is not None
-        self.register_buffer("projection", projection.float() if projection is not None
-                             else torch.zeros(0, 0))
-        self.pre = EvalPreprocess(preset)
-        self.features, self.head = features, head
-        self.temperature = float(temperature)
-        self.flip = flip
-        self.use_background = background is not None
-        self.background = float(background) if background is not None else 0.0
-
-    def probs(self, logits: Tensor) -> Tensor:
-        background: float | None = self.background if self.use_background else None
-        return calibrated_softmax(logits, self.temperature, background)
-
-    def _features(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """The checked, preprocessed photos' (pooled, descriptor, layout), turned upright
-        by the upright head, and the mirrored view's with flip."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError("expected a float (N, 3, H, W) batch")
-        if x.shape[-1] < 32 or x.shape[-2] < 32:
-            raise ValueError("images must be at least 32x32 pixels")
-        x = self.pre(x.float())
-        views = [self.features(x)]
-        if self.turns:
-            x, views[0] = self._upright(x, views[0])
-        if self.flip:
-            views.append(self.features(x.flip(-1)))
-        return views
-
-    def _upright(self, x: Tensor, feats: tuple[Tensor, Tensor, Tensor],
-                 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """The preprocessed (square) photos with every turn the head is sure of undone,
-        and their features: only those photos pass through the network again."""
-        conf, turns = (feats[2] @ self.upright_weight.T + self.upright_bias).softmax(1).max(1)
-        todo = ((turns != 0) & (conf >= self.upright_threshold)).nonzero().flatten()
-        if todo.numel() == 0:
-            return x, feats
-        fixed = torch.stack([torch.rot90(x[int(i)], -int(turns[int(i)]), [1, 2])
-                             for i in todo])
-        again = self.features(fixed)
-        x, out = x.clone(), [feats[0].clone(), feats[1].clone(), feats[2].clone()]
-        x[todo] = fixed
-        for j in range(3):
-            out[j][todo] = again[j]
-        return x, (out[0], out[1], out[2])
-
-    def _probs(self, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-        probs = self.probs(self.head(views[0][0]))
-        if len(views) == 2:
-            probs = 0.5 * (probs + self.probs(self.head(views[1][0])))
-        return probs
-
-    def _embed(self, views: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-        mean = views[0][1] if len(views) == 1 else 0.5 * (views[0][1] + views[1][1])
-        if self.project:
-            mean = F.normalize(mean, dim=1) @ self.projection
-        return F.normalize(mean, dim=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._probs(self._features(x))
-
-    @torch.jit.export
-    def embed(self, x: Tensor) -> Tensor:
-        return self._embed(self._features(x))
-
-    @torch.jit.export
-    def probs_and_embedding(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        views = self._features(x)
-        return self._probs(views), self._embed(views)
-
-
-@dataclass
-class Upright:
-    """A linear head on the features' layout that tells how many quarter turns
-    counter-clockwise (0-3) a photo shows; a turn is undone when its probability is at
-    least `threshold` (train.finish.upright chooses it)."""
-
-    weight: Tensor  # (4, L)
-    bias: Tensor  # (4,)
-    threshold: float
 
 
 def wrap(net: nn.Module, preset: Preset, temperature: float = 1.0, flip: bool = False,
@@ -163,7 +61,7 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
                  path: str | Path, samples: list[Tensor], temperature: float = 1.0,
                  flip: bool = False, background: float | None = None, atol: float = 1e-4,
                  freeze: bool = False, projection: Tensor | None = None,
-                 upright: Upright | None = None) -> Path:
+                 upright: Upright | None = None, onnx: bool = True) -> Path:
     """Write the TorchScript file, reload it and check it matches the eager model.
 
     `samples` are float (3, H, W) photos in [0, 1] of any size; each is run through the
@@ -171,7 +69,8 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
     within `atol`. `freeze` inlines the weights as constants (`torch.jit.freeze`): about
     10% faster on a CPU, but the file no longer has weights to train or re-export from.
     `projection` (D, K) maps the embedding to K dimensions (see ExportedClassifier);
-    `upright` turns photos lying on their side upright first (see Upright).
+    `upright` turns photos lying on their side upright first (see Upright). `onnx`
+    writes the ONNX twin beside it (export_onnx).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +87,77 @@ def export_model(net: nn.Module, preset: Preset, classes: list[str], metadata: d
             "upright_threshold": upright.threshold if upright is not None else None}
     tmp = path.with_name(f".{path.name}.tmp")
     save(scripted, tmp, classes, meta)
-    loaded = load_exported(tmp)
+    try:
+        check(eager, load_exported(tmp).module, samples, atol, "exported model")
+    except ExportError:
+        tmp.unlink()
+        raise
+    tmp.replace(path)
+    if onnx and projection is None:
+        export_onnx(eager, meta, path, samples, atol)
+    else:  # no twin (asked for none, or a projected embedding): never a stale one
+        onnx_path(path).unlink(missing_ok=True)
+    return path
+
+
+def check(eager: nn.Module, module: nn.Module, samples: list[Tensor], atol: float,
+          what: str) -> None:
+    """Raise ExportError unless `module` gives the eager wrapper's probabilities and
+    embeddings, within `atol`, on every sample photo (3, H, W)."""
     with torch.no_grad():
         for img in samples:
-            want, got = eager.probs_and_embedding(img[None]), loaded.module.probs_and_embedding(
+            want, got = eager.probs_and_embedding(img[None]), module.probs_and_embedding(
                 img[None])
             diff = max((w - g).abs().max().item() for w, g in zip(want, got, strict=True))
-            if diff > atol or got[0].shape != (1, len(classes)):
-                tmp.unlink()
-                raise ExportError(f"exported model disagrees with eager model (max diff {diff})")
+            if diff > atol or got[0].shape != want[0].shape:
+                raise ExportError(f"{what} disagrees with the eager model (max diff {diff})")
+
+
+class Networks(nn.Module):
+    """What the `.onnx` file computes (landmark.runtime): a preprocessed crop -> (logits,
+    descriptor, upright scores), the networks alone; the wrapper stays the contract's."""
+
+    def __init__(self, eager: ExportedClassifier) -> None:
+        super().__init__()
+        self.features, self.head = eager.features, eager.head
+        weight, bias = eager.upright_weight, eager.upright_bias
+        if not eager.turns:  # no upright head: scores that never turn a photo
+            weight, bias = torch.zeros(4, 1), torch.zeros(4)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.turns = eager.turns
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pooled, descriptor, layout = self.features(x)
+        scores = layout @ self.weight.T + self.bias if self.turns else \
+            self.bias.expand(x.shape[0], 4)
+        return self.head(pooled), descriptor, scores
+
+
+def export_onnx(eager: ExportedClassifier, metadata: dict, model: Path,
+                samples: list[Tensor], atol: float = 1e-4) -> Path:
+    """Write the ONNX twin of the model file `model` beside it (its networks; see
+    Networks), recording which file it was made from, then check that ONNX Runtime
+    through the contract's wrapper matches the eager model on `samples`."""
+    import onnx  # training side only: serving needs onnxruntime alone
+    crop = int(metadata["preset"]["crop_size"])
+    nets = Networks(eager).eval()
+    path = onnx_path(model)
+    tmp = path.with_name(f".{path.name}.tmp")
+    dims = {"crop": {0: "photos"}, **{o: {0: "photos"} for o in OUTPUTS}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        torch.onnx.export(nets, (torch.rand(2, 3, crop, crop),), str(tmp), dynamo=True,
+                          input_names=[INPUT], output_names=list(OUTPUTS),
+                          dynamic_axes=dims, verbose=False, external_data=False)
+    graph = onnx.load(str(tmp))
+    onnx.helper.set_model_props(graph, {KEY: model_key(model)})
+    onnx.save(graph, str(tmp))
+    try:
+        check(eager, onnx_classifier(tmp, metadata, threads=1, key=model_key(model)),
+              samples, atol, "ONNX twin")
+    except ExportError:
+        tmp.unlink()
+        raise
     tmp.replace(path)
     return path

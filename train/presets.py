@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from landmark.imageio import center_crop, resize_short
+from landmark.contract import EvalPreprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,23 +41,6 @@ class Preset:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class EvalPreprocess(nn.Module):
-    """float RGB [0, 1], any size -> resized, centre-cropped, normalised batch."""
-
-    def __init__(self, preset: Preset) -> None:
-        super().__init__()
-        self.resize_size = preset.resize_size
-        self.crop_size = preset.crop_size
-        self.interpolation = preset.interpolation
-        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = resize_short(x, self.resize_size, self.interpolation)
-        x = center_crop(x, self.crop_size)
-        return (x - self.mean) / self.std
 
 
 class QuarterTurn(nn.Module):

@@ -25,7 +25,8 @@ import torch
 import uvicorn
 
 from landmark.places.store import default_store
-from landmark.serve.batching import BatchPlan
+from landmark.predict import BatchPlan
+from landmark.runtime import add_runtime_arg
 from landmark.serve.fetch import Fetcher
 from landmark.serve.limits import MAX_BODY
 from landmark.serve.service import Settings, create_app
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=[], metavar="NAME_OR_PT",
                    help="model names (Hub, cache, bundled) or .pt files, the default first "
                    "(default: every model found)")
+    add_runtime_arg(p)
     p.add_argument("--places", type=Path, default=None,
                    help="the places root (default: LANDMARK_PLACES, else the user's data "
                    "folder); tenants' stores are under ROOT/tenants/")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # each stream a share of the cores: parallel calls never fight over threads
     torch.set_num_threads(max(1, torch.get_num_threads() // args.streams))
     settings = Settings(
-        models=tuple(args.models), places=args.places or default_store(),
+        models=tuple(args.models), runtime=args.runtime, places=args.places or default_store(),
         api_keys=read_keys(os.environ.get("LANDMARK_API_KEYS"), args.api_keys),
         public=args.public or bool(os.environ.get("SPACE_ID")),
         plan=BatchPlan(args.max_batch, args.max_wait_ms, args.streams),

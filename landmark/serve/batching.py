@@ -10,32 +10,12 @@ default; a GPU gets larger batches on one stream.
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
-from landmark.predict import Predictor
+from landmark.predict import BatchPlan, Predictor
 from landmark.serve.metrics import Metrics
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How photos are grouped: the largest batch, the longest wait for one to fill, and
-    how many model calls run at once."""
-
-    max_batch: int
-    max_wait_ms: float
-    streams: int
-
-    @staticmethod
-    def for_device(cuda: bool | None = None) -> BatchPlan:
-        """The measured default: on a CPU single photos on one stream per core (at most
-        8), on a GPU batches of up to 16 on one stream."""
-        if torch.cuda.is_available() if cuda is None else cuda:
-            return BatchPlan(16, 5.0, 1)
-        return BatchPlan(1, 0.0, max(1, min(8, os.cpu_count() or 1)))
 
 
 class Batcher:

@@ -37,9 +37,9 @@ from landmark.imageio import ImageError
 from landmark.places import PlaceError
 from landmark.places.store import MAX_PHOTOS, default_store
 from landmark.places.teach import teach
-from landmark.predict import Predictor, parse_k, unusable
+from landmark.predict import BatchPlan, Predictor, parse_k, unusable
 from landmark.resolve import available, resolve
-from landmark.serve.batching import Batcher, BatchPlan
+from landmark.serve.batching import Batcher
 from landmark.serve.errors import ApiError, PhotoError
 from landmark.serve.fetch import Fetcher
 from landmark.serve.limits import BODY_TIMEOUT_S, MAX_BODY, BodyLimit
@@ -64,6 +64,7 @@ class Settings:
     and body limits."""
 
     models: tuple[str, ...] = ()
+    runtime: str | None = None  # landmark.runtime: None = LANDMARK_RUNTIME, else auto
     places: Path = field(default_factory=default_store)
     api_keys: tuple[str, ...] = ()
     public: bool = False
@@ -73,14 +74,14 @@ class Settings:
     body_timeout_s: float = BODY_TIMEOUT_S
 
 
-def load_models(models: tuple[str, ...]) -> dict[str, Predictor]:
+def load_models(models: tuple[str, ...], runtime: str | None = None) -> dict[str, Predictor]:
     """Predictors by name, the default first; logs once which loaded and from where."""
     paths = {Path(m).stem if m.endswith(".pt") else m: resolve(m) for m in models} \
         if models else available()
     if not paths:
         raise SystemExit("error: no model files found (models/*.pt or LANDMARK_HUB_REPO)")
     log.info("models loaded: %s", ", ".join(f"{n} ({p})" for n, p in paths.items()))
-    return {name: Predictor(path) for name, path in paths.items()}
+    return {name: Predictor(path, runtime) for name, path in paths.items()}
 
 
 @dataclass
@@ -107,8 +108,9 @@ class Service:
         and start a batcher for each."""
         if not self.predictors:
             try:
-                self.predictors = await run_in_threadpool(load_models, self.settings.models)
-            except (SystemExit, FileNotFoundError, RuntimeError) as e:
+                self.predictors = await run_in_threadpool(load_models, self.settings.models,
+                                                          self.settings.runtime)
+            except (SystemExit, FileNotFoundError, RuntimeError, ValueError) as e:
                 log.error("%s", e)
                 os._exit(1)  # a server with no model must not look alive
         for name, predictor in self.predictors.items():
