@@ -49,7 +49,6 @@ from landmark.predict import MAX_K, Predictor, parse_k, stream_plan
 from landmark.resolve import available
 from landmark.runtime import add_runtime_arg
 from landmark.serve import Settings, create_app
-from landmark.serve.tenants import read_keys
 from landmark.sidecar import SidecarError, sidecar_path, write_sidecar
 from landmark.worldmap import world_svg
 
@@ -392,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so atexit clean-up runs
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", 7860))
-    service = create_app(Settings(api_keys=read_keys(os.environ.get("LANDMARK_API_KEYS"), None),
-                                  public=private_places()), predictors)
+    service = create_app(Settings.from_env(public=private_places() or None), predictors)
     demo = build_demo(predictors).queue(default_concurrency_limit=2)
     app = gr.mount_gradio_app(service, demo, path="/", max_file_size=MAX_FILE_SIZE)
     log.info("the app and the HTTP API (/v1/, docs at /docs) on http://%s:%d", host, port)

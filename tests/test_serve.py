@@ -384,7 +384,7 @@ def test_concurrent_clients_share_batches_and_get_their_own_answers(
     assert sizes['landmark_batch_size_sum{model="transfer"}'] == 2 * len(photos)
     assert calls < 2 * len(photos)  # concurrent photos shared model calls
     assert 'landmark_requests_total{route="/v1/tag",status="200"} 32.0' in metrics
-    assert 'landmark_queue_depth{model="transfer"}' in metrics
+    assert "landmark_queue_depth " in metrics
     assert 'landmark_request_seconds_bucket{le="+Inf",route="/v1/tag"} 32.0' in metrics
 
 

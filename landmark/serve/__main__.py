@@ -7,6 +7,10 @@ client at this server), POST /v1/tag (one photo -> tag record), GET/POST /v1/pla
 DELETE /v1/places/{name} (taught places), GET /healthz, /readyz and /metrics
 (Prometheus); the OpenAPI docs are at /docs.
 
+Settings not given here come from the environment, as on Ray Serve: LANDMARK_MODELS
+(comma-separated), LANDMARK_PLACES, LANDMARK_API_KEYS, LANDMARK_API_KEYS_FILE,
+LANDMARK_PUBLIC, LANDMARK_FETCH_REMOTE, LANDMARK_RUNTIME, LANDMARK_HUB_REPO.
+
 API keys (LANDMARK_API_KEYS, comma-separated, or --api-keys FILE): with keys set, every
 /v1/ route needs one (x-goog-api-key, ?key= or Authorization: Bearer), and each key has
 its own place store under LANDMARK_PLACES. Without keys the server teaches into
@@ -24,7 +28,6 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from landmark.places.store import default_store
 from landmark.predict import BatchPlan
 from landmark.runtime import add_runtime_arg
 from landmark.serve.fetch import Fetcher
@@ -41,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--models", nargs="+", default=[], metavar="NAME_OR_PT",
                    help="model names (Hub, cache, bundled) or .pt files, the default first "
-                   "(default: every model found)")
+                   "(default: LANDMARK_MODELS, else every model found)")
     add_runtime_arg(p)
     p.add_argument("--places", type=Path, default=None,
                    help="the places root (default: LANDMARK_PLACES, else the user's data "
@@ -73,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # each stream a share of the cores: parallel calls never fight over threads
     torch.set_num_threads(max(1, torch.get_num_threads() // args.streams))
-    settings = Settings(
-        models=tuple(args.models), runtime=args.runtime, places=args.places or default_store(),
-        api_keys=read_keys(os.environ.get("LANDMARK_API_KEYS"), args.api_keys),
-        public=args.public or bool(os.environ.get("SPACE_ID")),
+    settings = Settings.from_env(
+        models=tuple(args.models) or None, runtime=args.runtime, places=args.places,
+        api_keys=read_keys(os.environ.get("LANDMARK_API_KEYS"), args.api_keys)
+        if args.api_keys else None, public=args.public or None,
         plan=BatchPlan(args.max_batch, args.max_wait_ms, args.streams),
-        fetch=Fetcher(enabled=args.fetch_remote), max_body=int(args.max_body_mb * 2**20))
+        fetch=Fetcher(enabled=True) if args.fetch_remote else None,
+        max_body=int(args.max_body_mb * 2**20))
     logging.getLogger("landmark.serve").info(
         "serving on http://%s:%d (%d API keys, places in %s, batches of %d, %d streams)",
         args.host, args.port, len(settings.api_keys), settings.places, args.max_batch,

@@ -19,7 +19,7 @@ class Metrics:
         self.batch = Histogram("landmark_batch_size", "Photos in one model call",
                                ["model"], registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.queue = Gauge("landmark_queue_depth", "Photos waiting for the model",
-                           ["model"], registry=self.registry)
+        self.queue = Gauge("landmark_queue_depth", "Photos waiting for a model call",
+                           registry=self.registry)
         self.photos = Counter("landmark_photos", "Photos answered, by outcome",
                               ["outcome"], registry=self.registry)

@@ -7,7 +7,8 @@
 
 `create_app` builds the app; `python -m landmark.serve` runs it and `python app.py`
 mounts it beside the Gradio UI. Photos are decoded in worker threads, never on the event
-loop, and reach the model through one Batcher per model (landmark.serve.batching).
+loop, and reach the models through `infer`: the plain server's Batcher, or a Ray Serve
+replica's `@serve.batch` method (landmark.serve.batching, landmark.serve.replicas).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,12 @@ from landmark.places.store import MAX_PHOTOS, default_store
 from landmark.places.teach import teach
 from landmark.predict import BatchPlan, Predictor, parse_k, unusable
 from landmark.resolve import available, resolve
-from landmark.serve.batching import Batcher
+from landmark.serve.batching import Batcher, Item, Row
 from landmark.serve.errors import ApiError, PhotoError
 from landmark.serve.fetch import Fetcher
 from landmark.serve.limits import BODY_TIMEOUT_S, MAX_BODY, BodyLimit
 from landmark.serve.metrics import Metrics
-from landmark.serve.tenants import Tenant, Tenants
+from landmark.serve.tenants import Tenant, Tenants, read_keys
 from landmark.serve.vision import (
     MAX_IMAGES,
     BatchAnnotateImagesRequest,
@@ -73,6 +74,28 @@ class Settings:
     max_body: int = MAX_BODY
     body_timeout_s: float = BODY_TIMEOUT_S
 
+    @staticmethod
+    def from_env(**given: object) -> Settings:
+        """Settings from the environment both servers read, `given` ones first:
+        LANDMARK_MODELS (comma-separated), LANDMARK_PLACES, LANDMARK_API_KEYS (and a keys
+        file, LANDMARK_API_KEYS_FILE), LANDMARK_PUBLIC or SPACE_ID, LANDMARK_FETCH_REMOTE;
+        LANDMARK_RUNTIME and the Hub's are read where models load."""
+        env = os.environ
+        keys_file = env.get("LANDMARK_API_KEYS_FILE")
+        found = {
+            "models": tuple(m for m in env.get("LANDMARK_MODELS", "").split(",") if m),
+            "places": default_store(),
+            "api_keys": read_keys(env.get("LANDMARK_API_KEYS"),
+                                  Path(keys_file) if keys_file else None),
+            "public": _flag("LANDMARK_PUBLIC") or bool(env.get("SPACE_ID")),
+            "fetch": Fetcher(enabled=_flag("LANDMARK_FETCH_REMOTE")),
+        }
+        return Settings(**{**found, **{k: v for k, v in given.items() if v is not None}})
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() not in ("", "0", "false", "no")
+
 
 def load_models(models: tuple[str, ...], runtime: str | None = None) -> dict[str, Predictor]:
     """Predictors by name, the default first; logs once which loaded and from where."""
@@ -84,6 +107,9 @@ def load_models(models: tuple[str, ...], runtime: str | None = None) -> dict[str
     return {name: Predictor(path, runtime) for name, path in paths.items()}
 
 
+Infer = Callable[[Item], Awaitable[Row]]
+
+
 @dataclass
 class Photo:
     """One decoded photo's answer: its tag record and its full upright size."""
@@ -93,19 +119,22 @@ class Photo:
 
 
 class Service:
-    """The state behind the routes: predictors, their batchers, tenants, metrics."""
+    """The state behind the routes: predictors, how photos reach them (`infer`),
+    tenants, metrics."""
 
-    def __init__(self, settings: Settings, predictors: dict[str, Predictor] | None) -> None:
+    def __init__(self, settings: Settings, predictors: dict[str, Predictor] | None,
+                 infer: Infer | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.predictors = predictors or {}
-        self.batchers: dict[str, Batcher] = {}
+        self.infer = infer
+        self.batcher: Batcher | None = None
         self.tenants = Tenants(settings.api_keys, settings.places, settings.public)
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.ready = False
 
     async def start(self) -> None:
-        """Load the models (in a thread: /healthz answers meanwhile, /readyz says 503)
-        and start a batcher for each."""
+        """Load the models unless given (in a thread: /healthz answers meanwhile, /readyz
+        says 503), and start the Batcher unless `infer` was given."""
         if not self.predictors:
             try:
                 self.predictors = await run_in_threadpool(load_models, self.settings.models,
@@ -113,14 +142,15 @@ class Service:
             except (SystemExit, FileNotFoundError, RuntimeError, ValueError) as e:
                 log.error("%s", e)
                 os._exit(1)  # a server with no model must not look alive
-        for name, predictor in self.predictors.items():
-            self.batchers[name] = Batcher(name, predictor, self.settings.plan, self.metrics)
-            self.batchers[name].start()
+        if self.infer is None:
+            self.batcher = Batcher(self.predictors, self.settings.plan, self.metrics)
+            self.batcher.start()
+            self.infer = self.batcher
         self.ready = True
 
     async def stop(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.close()
+        if self.batcher is not None:
+            await self.batcher.close()
 
     def model(self, name: str | None) -> str:
         """A model's name as asked for; the default (first) when none is named."""
@@ -141,7 +171,7 @@ class Service:
         size = img.info.get("source_size", img.size)
         if refused:
             return Photo(predictor.record(None, k, gps, refused), size)
-        probs, emb = await self.batchers[model](square)
+        probs, emb = await self.infer((model, square))
         record = await run_in_threadpool(predictor.record, probs, k, gps, None, emb,
                                          tenant.store)
         self.metrics.photos.labels("known" if record["known"] else "unknown").inc()
@@ -217,9 +247,11 @@ def _place_json(place: object) -> dict:
 
 
 def create_app(settings: Settings | None = None,
-               predictors: dict[str, Predictor] | None = None) -> FastAPI:
-    """The service as a FastAPI app (models loaded at start-up unless given)."""
-    service = Service(settings or Settings(), predictors)
+               predictors: dict[str, Predictor] | None = None,
+               infer: Infer | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The service as a FastAPI app: models loaded at start-up unless given, batched by
+    its own Batcher unless `infer` is given (Ray Serve's replicas give theirs)."""
+    service = Service(settings or Settings(), predictors, infer, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
