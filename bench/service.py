@@ -9,7 +9,10 @@ Rows, each measured in a process of its own so that its peak memory (VmHWM) is i
   pass), and its cold start for one photo next to importing torch and loading the file;
 - `landmark.serve`: `/v1/tag`, and `images:annotate` with 1 and with 16 photos a call,
   from 1, 4, 16 and 64 concurrent httpx clients: photos/s, p50/p95/p99 per request;
-- the Gradio `/tag` path of `python app.py`, from 16 gradio_client users.
+- the Gradio `/tag` path of `python app.py`, from 16 gradio_client users;
+- with `--ray`: `/v1/tag` at 16 clients on Ray Serve (`serve run` on deploy/ray-serve.yaml)
+  with 1 replica of 2 CPUs and with 2 replicas of 1 CPU, then a kill drill: one replica
+  SIGKILLed under load while clients retry by the rule (landmark.serve.client).
 `--soak 600` instead runs 16 clients for 10 minutes with bombs and broken photos mixed in.
 Writes its section of BENCHMARKS.md. Traffic stays on 127.0.0.1.
 """
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,10 +37,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import yaml
 
 from bench.app_load import bomb_png, peak_rss_mb, start_app, user
 from bench.report import update_section
 from landmark.cli import add_data_arg
+from landmark.serve.client import send
 from train.data import scan_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,6 +233,97 @@ def service_rows(photos: list[Path], model: str, runtime: str) -> tuple[list[dic
     return rows, peak
 
 
+@contextmanager
+def running_ray(model: str, runtime: str | None = None, replicas: int | None = None,
+                log: Path | None = None, places: Path | None = None) -> Iterator[str]:
+    """`serve run` on deploy/ray-serve.yaml on a free port, with `replicas` fixed replicas
+    sharing the cores instead of its autoscaling (None: the config as it is); its URL
+    once every replica answers. Output goes to `log`."""
+    port, tmp = _free_port(), Path(tempfile.mkdtemp())
+    config = yaml.safe_load((ROOT / "deploy" / "ray-serve.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    deployment = config["applications"][0]["deployments"][0]
+    if replicas:
+        del deployment["autoscaling_config"]
+        deployment.update(num_replicas=replicas,
+                          ray_actor_options={"num_cpus": (os.cpu_count() or 2) // replicas})
+    want = replicas or deployment["autoscaling_config"]["initial_replicas"]
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "LANDMARK_PLACES": str(places or tmp / "places"),
+           "LANDMARK_MODELS": model, "LANDMARK_HUB_REPO": "off", "RAY_USAGE_STATS_ENABLED": "0",
+           **({"LANDMARK_RUNTIME": runtime} if runtime else {})}
+    out = open(log or os.devnull, "w")  # noqa: SIM115 (held while Serve runs)
+    proc = subprocess.Popen(["serve", "run", str(tmp / "serve.yaml")], cwd=ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while len(_replicas(url)) < want:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"Ray Serve did not start; see {log or 'serve run'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # serve run shuts Serve and its local Ray down
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60)
+        out.close()
+
+
+def _replicas(url: str, tries: int = 12) -> set[str]:
+    """The replica ids (host-pid) that answered `tries` readiness checks."""
+    seen = set()
+    for _ in range(tries):
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+        except httpx.HTTPError:
+            return seen
+        if r.status_code == 200:
+            seen.add(r.headers["x-landmark-replica"])
+    return seen
+
+
+async def _kill_drill(url: str, photos: list[bytes], clients: int = 16) -> dict:
+    """Tag every photo from retrying clients while one replica is SIGKILLed a second in:
+    photos lost, and seconds until a new replica answers."""
+    before = await asyncio.to_thread(_replicas, url)
+    victim = next(iter(before))
+    limit = asyncio.Semaphore(clients)
+    async with httpx.AsyncClient(timeout=120) as http:
+        async def one(b: bytes) -> int:
+            async with limit:
+                return (await send(http, "POST", f"{url}/v1/tag", content=b)).status_code
+        load = asyncio.gather(*(one(b) for b in photos))
+        await asyncio.sleep(1.0)
+        os.kill(int(victim.rsplit("-", 1)[1]), signal.SIGKILL)
+        killed = time.perf_counter()
+        codes = await load
+    while not (await asyncio.to_thread(_replicas, url)) - before:
+        await asyncio.sleep(0.25)
+    return {"photos": len(photos), "lost": sum(c != 200 for c in codes),
+            "replaced_s": time.perf_counter() - killed}
+
+
+def ray_rows(photos: list[Path], model: str, runtime: str) -> tuple[list[dict], dict]:
+    """/v1/tag at 16 clients on 1 and 2 replicas (peak memory: the replicas' sum); the
+    kill drill on 2."""
+    raw = [p.read_bytes() for p in photos]
+    bodies = [("/v1/tag", {"content": b}) for b in raw]
+    rows, drill = [], {}
+    for replicas in (1, 2):
+        with running_ray(model, runtime, replicas) as url:
+            asyncio.run(_clients(url, 2, bodies[:8], 1))  # warm-up
+            row = asyncio.run(_clients(url, 16, bodies, 1))
+            row["peak_mb"] = sum(peak_rss_mb(int(r.rsplit("-", 1)[1])) for r in _replicas(url))
+            rows.append({"replicas": replicas, **row})
+            if replicas == 2:
+                drill = asyncio.run(_kill_drill(url, raw * 2))
+    return rows, drill
+
+
 def gradio_row(photos: list[Path], model: str, users: int = 16) -> dict:
     port = _free_port()
     proc, _ = start_app(port)
@@ -257,7 +354,7 @@ def _row(path: str, clients: object, rate: float, capacity: float, peak: float,
             f"{peak:.0f} |")
 
 
-def report(photos: list[Path], model: str, runtimes: list[str]) -> str:
+def report(photos: list[Path], model: str, runtimes: list[str], ray: bool = False) -> str:
     """Every row, each runtime in turn; × is against TorchScript's capacity (the first
     runtime's, when TorchScript is not measured)."""
     lines, notes, capacity = [], [], None
@@ -285,6 +382,19 @@ def report(photos: list[Path], model: str, runtimes: list[str]) -> str:
                        capacity, serve_peak, r) for r in rows]
         at16 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 16)
         at1 = next(r for r in rows if r["path"] == "/v1/tag" and r["clients"] == 1)
+        if ray:
+            replicated, drill = ray_rows(photos, model, rt)
+            for r in replicated:
+                lines.append(_row(f"{rt}: Ray Serve /v1/tag, {r['replicas']} replica(s) of "
+                                  f"{(os.cpu_count() or 2) // r['replicas']} CPU(s)", 16,
+                                  r["rate"], capacity, r["peak_mb"], r))
+            notes.append(
+                f"{rt}: Ray Serve at 16 clients: 1 replica "
+                f"{replicated[0]['rate'] / at16['rate']:.2f}× the plain server, 2 replicas "
+                f"{replicated[1]['rate'] / at16['rate']:.2f}×; kill drill: one of 2 replicas "
+                f"SIGKILLed under load, {drill['lost']} of {drill['photos']} photos lost "
+                f"(clients retry by the rule), a new replica answered after "
+                f"{drill['replaced_s']:.1f} s.")
         little = 16 / at16["rate"]
         notes.append(
             f"{rt}: capacity {max(cap['rates'].values()):.1f} photos/s (best of 1, 2, 4 "
@@ -378,6 +488,9 @@ def main() -> None:
     p.add_argument("--runtimes", nargs="+", default=["torchscript", "onnx"],
                    choices=["torchscript", "onnx"], help="runtimes to measure, side by side "
                    "(default both)")
+    p.add_argument("--ray", action="store_true",
+                   help="add rows for Ray Serve with 1 and 2 replicas, and a kill drill "
+                   "(needs ray[serve])")
     p.add_argument("--part", choices=["capacity", "tag", "limit"], help=argparse.SUPPRESS)
     p.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -395,7 +508,7 @@ def main() -> None:
                        soak(photos, args.model, args.soak))
         return
     update_section("service", "The HTTP service against the model's capacity",
-                   report(photos, args.model, args.runtimes))
+                   report(photos, args.model, args.runtimes, args.ray))
 
 
 if __name__ == "__main__":

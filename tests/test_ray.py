@@ -9,7 +9,6 @@ import asyncio
 import http.server
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +19,12 @@ import pytest
 import yaml
 from google.cloud import vision
 
+from bench.service import _replicas, running_ray
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR
 from landmark.serve.client import send
 from tests.conftest import REPO, SHARED, real_photos, unavailable
-from tests.test_serve import PLACE, _free_port, _ready, google_client
+from tests.test_serve import PLACE, google_client
 
 CONFIG = REPO / "deploy" / "ray-serve.yaml"
 PHOTOS = [p for cls in ("03.Eiffel_Tower", "11.Niagara_Falls", "17.Sydney_Opera_House")
@@ -33,46 +33,15 @@ PHOTOS = [p for cls in ("03.Eiffel_Tower", "11.Niagara_Falls", "17.Sydney_Opera_
 
 @pytest.fixture(scope="module")
 def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`serve run` on the repo's config (plus a free port), places in a fresh folder."""
+    """`serve run` on the repo's config as it is (plus a free port), places in a fresh
+    folder."""
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
     tmp = tmp_path_factory.mktemp("ray")
-    port = _free_port()
-    config = yaml.safe_load(CONFIG.read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
-    log = open(tmp / "serve.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(
-        ["serve", "run", str(tmp / "serve.yaml")], cwd=REPO, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "LANDMARK_HUB_REPO": "off", "LANDMARK_MODELS": "transfer",
-             "LANDMARK_PLACES": str(tmp / "places"), "RAY_USAGE_STATS_ENABLED": "0"})
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while len(_replicas(url)) < 2:
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                unavailable(f"Ray Serve did not start: {log.read()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)  # serve run shuts Serve and its local Ray down
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60)
-        log.close()
-
-
-def _replicas(url: str, tries: int = 8) -> set[str]:
-    """The replicas that answered `tries` readiness checks."""
-    seen = set()
-    for _ in range(tries):
-        if not _ready(url):
-            return seen
-        seen.add(httpx.get(f"{url}/readyz", timeout=5).headers["x-landmark-replica"])
-    return seen
+        with running_ray("transfer", log=tmp / "serve.log", places=tmp / "places") as url:
+            yield url
+    except RuntimeError as e:
+        unavailable(f"{e}: {(tmp / 'serve.log').read_text()[-3000:]}")
 
 
 async def _tag_all(url: str, photos: list[Path], clients: int,
