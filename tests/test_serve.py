@@ -346,6 +346,27 @@ def test_oversized_and_slow_bodies_are_refused(tmp_path: Path,
         assert ok.status_code == 200  # the server is still fine
 
 
+def test_bodies_in_flight_together_are_bounded(tmp_path: Path,
+                                              predictors: dict[str, Predictor]) -> None:
+    settings = Settings(places=tmp_path, max_body=2 << 20, in_flight=3 << 20,
+                        body_timeout_s=3.0)
+    photo = (EXAMPLES / "eiffel_tower.jpg").read_bytes()
+    with serve_thread(settings, predictors) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for s in held:  # two slow clients, 1.5 MB each announced, hold 3 MB between them
+            s.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Length: 1572864\r\n"
+                      b"\r\n" + b"\0" * 1024)
+        time.sleep(0.5)
+        busy = httpx.post(f"{url}/v1/tag", content=photo)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["status"] == "UNAVAILABLE"
+        assert all(s.recv(4096).startswith(b"HTTP/1.1 408") for s in held)  # timed out
+        for s in held:
+            s.close()
+        assert httpx.post(f"{url}/v1/tag", content=photo).status_code == 200  # released
+
+
 def test_private_and_local_uris_are_never_fetched(tmp_path: Path,
                                                   predictors: dict[str, Predictor]) -> None:
     settings = Settings(places=tmp_path, fetch=Fetcher(enabled=True))

@@ -31,7 +31,7 @@ import uvicorn
 from landmark.predict import BatchPlan
 from landmark.runtime import add_runtime_arg
 from landmark.serve.fetch import Fetcher
-from landmark.serve.limits import MAX_BODY
+from landmark.serve.limits import MAX_BODY, MAX_IN_FLIGHT
 from landmark.serve.service import Settings, create_app
 from landmark.serve.tenants import read_keys
 
@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"model calls at once (default here: {plan.streams}, one a core)")
     p.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2**20,
                    help="largest request body (default %(default)g MB, as Google)")
+    p.add_argument("--max-in-flight-mb", type=float, default=MAX_IN_FLIGHT / 2**20,
+                   help="request bytes all requests may hold at once; past it, 503 with "
+                   "Retry-After (default %(default)g MB)")
     return p
 
 
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_keys else None, public=args.public or None,
         plan=BatchPlan(args.max_batch, args.max_wait_ms, args.streams),
         fetch=Fetcher(enabled=True) if args.fetch_remote else None,
-        max_body=int(args.max_body_mb * 2**20))
+        max_body=int(args.max_body_mb * 2**20),
+        in_flight=int(args.max_in_flight_mb * 2**20))
     logging.getLogger("landmark.serve").info(
         "serving on http://%s:%d (%d API keys, places in %s, batches of %d, %d streams)",
         args.host, args.port, len(settings.api_keys), settings.places, args.max_batch,

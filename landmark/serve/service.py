@@ -43,7 +43,7 @@ from landmark.resolve import available, resolve
 from landmark.serve.batching import Batcher, Item, Row
 from landmark.serve.errors import ApiError, PhotoError
 from landmark.serve.fetch import Fetcher
-from landmark.serve.limits import BODY_TIMEOUT_S, MAX_BODY, BodyLimit
+from landmark.serve.limits import BODY_TIMEOUT_S, MAX_BODY, MAX_IN_FLIGHT, BodyLimit
 from landmark.serve.metrics import Metrics
 from landmark.serve.tenants import Tenant, Tenants, read_keys
 from landmark.serve.vision import (
@@ -62,7 +62,7 @@ OBSERVED = ("/v1/", "/healthz", "/readyz", "/metrics")
 class Settings:
     """What the service serves and how: models (names or .pt files; none = every one
     found), the places root, API keys, whether it is public, batching, remote fetching
-    and body limits."""
+    and body limits (each body, and all bodies in flight together)."""
 
     models: tuple[str, ...] = ()
     runtime: str | None = None  # landmark.runtime: None = LANDMARK_RUNTIME, else auto
@@ -73,6 +73,7 @@ class Settings:
     fetch: Fetcher = field(default_factory=Fetcher)
     max_body: int = MAX_BODY
     body_timeout_s: float = BODY_TIMEOUT_S
+    in_flight: int = MAX_IN_FLIGHT
 
     @staticmethod
     def from_env(**given: object) -> Settings:
@@ -265,7 +266,8 @@ def create_app(settings: Settings | None = None,
                   "`images:annotate` speaks Google Cloud Vision's LANDMARK_DETECTION.")
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_body,
-                       timeout_s=service.settings.body_timeout_s)
+                       timeout_s=service.settings.body_timeout_s,
+                       in_flight=service.settings.in_flight)
     app.add_middleware(Observe, metrics=service.metrics)
 
     @app.exception_handler(ApiError)
