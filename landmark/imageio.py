@@ -162,11 +162,16 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+UINT8_MODES = ("bilinear", "bicubic")  # F.interpolate resizes uint8 itself in these
+
+
 def cache_image(img: Tensor, size: int, interpolation: str = "bilinear") -> Tensor:
     """uint8 (3, H, W) -> uint8 (3, size, size): short side resized, centre square kept.
-    Bilinear resizes the uint8 image directly (4x faster than through float, within one
-    grey level of it); other modes go through float."""
-    if interpolation == "bilinear":
+    Bilinear and bicubic resize the uint8 image directly, 4x and 10x faster than through
+    float (on a 2-core CPU, bicubic's 7 ms a photo was a fifth of an ONNX tag): bilinear
+    within one grey level of float, bicubic 0.2 on average (its overshoot is clipped
+    between the two passes). Other modes go through float."""
+    if interpolation in UINT8_MODES:
         x = resize_short(img.unsqueeze(0), size, interpolation)
         return center_crop(x, size).squeeze(0).contiguous()
     x = resize_short(img.unsqueeze(0).float() / 255.0, size, interpolation)

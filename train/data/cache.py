@@ -65,8 +65,8 @@ def _decode(args: tuple[str, int, str]) -> tuple[torch.Tensor | None, str]:
 
 
 def _key(split: Split, size: int, interpolation: str) -> str:
-    # v2: bilinear caches resized in uint8 (presets.cache_image)
-    h = hashlib.sha1(f"v2:{size}:{interpolation}:{split.classes}".encode())
+    # v3: bilinear and bicubic caches resized in uint8 (landmark.imageio.cache_image)
+    h = hashlib.sha1(f"v3:{size}:{interpolation}:{split.classes}".encode())
     for p, y in zip(split.paths, split.labels, strict=True):
         st = p.stat()
         h.update(f"{p}:{y}:{st.st_size}:{st.st_mtime_ns}".encode())
