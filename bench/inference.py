@@ -22,7 +22,7 @@ import torch
 
 from bench.report import take_turns, update_section
 from landmark.cli import add_data_arg
-from landmark.predict import Predictor, stream_plan
+from landmark.predict import BatchPlan, Predictor, stream_plan
 from landmark.resolve import MODELS_DIR, resolve
 from landmark.tag import run as tag_run
 from landmark.tag import torch_threads
@@ -89,7 +89,7 @@ def latencies(preds: list[Predictor], photos: list[Path]) -> list[dict[str, floa
 @torch.no_grad()
 def bench_model(pred: Predictor, photos: list[Path], batch: int, repeats: int = 3) -> dict:
     """Throughputs as the median of `repeats` interleaved rounds, since a shared 2-core
-    VM drifts between runs."""
+    VM drifts between runs: `landmark.tag` on its own plan, the model alone on `batch`."""
     path = pred.path
     preset = pred.metadata["preset"]
     crop, size = preset["crop_size"], preset["resize_size"]
@@ -108,7 +108,7 @@ def bench_model(pred: Predictor, photos: list[Path], batch: int, repeats: int = 
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            counts = tag_run(photos, pred, Path(tmp) / "t.jsonl", batch=batch)
+            counts = tag_run(photos, pred, Path(tmp) / "t.jsonl")  # its own plan
             rounds.setdefault("tag", []).append(counts["tagged"] / (time.perf_counter() - start))
         for name, fn in models:
             fn()
@@ -140,7 +140,8 @@ def main() -> None:
                    help="bundled model names or .pt files")
     p.add_argument("--photos", type=int, default=None,
                    help="test photos for throughput (default: all)")
-    p.add_argument("--batch-size", type=int, default=32, help="photos per model call")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="photos per call where the model runs alone (default 32)")
     p.add_argument("--runtimes", nargs="+", default=["torchscript", "onnx"],
                    choices=["torchscript", "onnx"],
                    help="runtimes of the shipped models, side by side (default both)")
@@ -162,7 +163,8 @@ def main() -> None:
     for path, rt, r in zip(paths[1:], runtimes[1:], results[1:], strict=True):
         label = path.name if path.parent == MODELS_DIR else f"{path.parent.name}/{path.name}"
         rows.append(row(f"{label} ({rt})", r, baseline))
-    body = (f"{len(photos)} test photos; batch {args.batch_size}; photos/s unless noted; "
+    plan = BatchPlan.for_device()
+    body = (f"{len(photos)} test photos; photos/s unless noted; "
             f"throughputs are the median of {args.repeats} interleaved rounds. "
             f"Latency: one photo through `Predictor.tag` (decode, preprocessing, model), "
             f"{min(LATENCY_PHOTOS, len(photos))} photos, the models taking turns photo by "
@@ -170,12 +172,13 @@ def main() -> None:
             "frozen-Lite2 baseline is ImageNet EfficientNet-Lite2 with a linear head, exported "
             "at 260 px like a trained model, measured in the same run (the speed target is a "
             "p50 of at most 0.60 of it). "
-            "Batch tagging: `landmark.tag` with its defaults (here: decoding in the main process, "
-            f"the model on {streams} single-threaded streams). The next four columns are the "
-            "model alone on a batch already in memory: the bare network's forward on random "
-            "tensors (no preprocessing, all threads), the TorchScript file called with all "
-            "threads, the same file on the streams tagging uses, and its eager twin (a frozen "
-            "file has none). The last column divides batch tagging by the fastest of those. "
+            "Batch tagging: `landmark.tag` with its defaults (here: decoding in the main "
+            f"process, batches of {plan.max_batch} on {streams} single-threaded streams). The "
+            f"next four columns are the model alone on a batch of {args.batch_size} already in "
+            "memory: the bare network's forward on random tensors (no preprocessing, all "
+            "threads), the TorchScript file called with all threads, the same file on the "
+            "streams tagging uses, and its eager twin (a frozen file has none). The last "
+            "column divides batch tagging by the fastest of those. "
             "Each shipped file runs on each runtime in the same run: on an `(onnx)` row the "
             "TorchScript columns are its `.onnx` twin in ONNX Runtime, inside the contract's "
             "wrapper.\n\n"

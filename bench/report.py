@@ -45,9 +45,10 @@ def take_turns(fns: list[Callable[[int], object]], n: int) -> list[list[float]]:
     return times
 
 
-def update_section(name: str, title: str, body: str) -> None:
-    """Replace (or append) the section `name` of BENCHMARKS.md."""
-    command = command_line(name)
+def update_section(name: str, title: str, body: str, module: str | None = None) -> None:
+    """Replace (or append) the section `name` of BENCHMARKS.md, written by `bench.{module}`
+    (by default the module of the same name)."""
+    command = command_line(module or name)
     block = (f"<!-- bench:{name} -->\n## {title}\n\n`{command}`  \n"
              f"{machine()}; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
              f"{body.rstrip()}\n<!-- /bench:{name} -->")

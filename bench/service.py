@@ -505,7 +505,7 @@ def main() -> None:
     photos = scan_split(args.data, "test").paths[::3][:args.photos]
     if args.soak:
         update_section("service_soak", "The HTTP service under a soak",
-                       soak(photos, args.model, args.soak))
+                       soak(photos, args.model, args.soak), module="service")
         return
     update_section("service", "The HTTP service against the model's capacity",
                    report(photos, args.model, args.runtimes, args.ray))
