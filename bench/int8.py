@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.onnx_alone import onnx_input, onnx_rate
 from bench.report import update_section
 from landmark.cli import add_data_arg
 from landmark.metrics import wilson_interval
@@ -31,11 +30,6 @@ from landmark.resolve import resolve
 from landmark.runtime import INPUT, onnx_classifier, onnx_path
 from train.data import Split, scan_split
 from train.data.datasets import VAL_FRACTION, stratified_split
-
-
-def crop(pred: Predictor, path: Path) -> np.ndarray:
-    """A photo as the `.onnx` file takes it: decoded, resized, preprocessed."""
-    return pred.module.pre(pred.prepare(pred.load(path))[None].float() / 255).contiguous().numpy()
 
 
 def quantize(src: Path, out: Path, pred: Predictor, calibration: list[Path]) -> None:
@@ -54,7 +48,7 @@ def quantize(src: Path, out: Path, pred: Predictor, calibration: list[Path]) -> 
 
         def get_next(self) -> dict | None:
             path = next(self.left, None)
-            return None if path is None else {INPUT: crop(pred, path)}
+            return None if path is None else {INPUT: onnx_input(pred, path)}
 
     prepared = out.with_suffix(".pre.onnx")
     # symbolic shape inference cannot follow the upright layout's Expand; ONNX's own can
@@ -79,17 +73,11 @@ def compare(fp32: Predictor, int8: Predictor, split: Split) -> dict:
             "cos_min": min(cosines)}
 
 
-def speed(path: Path, crops: list[np.ndarray], threads: int) -> float:
-    """Crops a second through the ONNX file alone from `threads` threads (each its share)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, (torch.get_num_threads() or 1) // threads)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda x: session.run(None, {INPUT: x}), crops[:8]))
-        start = time.perf_counter()
-        list(pool.map(lambda x: session.run(None, {INPUT: x}), crops))
-        return len(crops) / (time.perf_counter() - start)
+def twin_predictor(pred: Predictor, onnx_file: Path) -> Predictor:
+    """`pred`'s model file served through another ONNX file of the same networks."""
+    twin = Predictor(pred.path, "onnx")
+    twin.module = onnx_classifier(onnx_file, twin.metadata)
+    return twin
 
 
 def report(root: Path, model: str, calibrate: int, photos: int) -> str:
@@ -101,12 +89,11 @@ def report(root: Path, model: str, calibrate: int, photos: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
         quantize(onnx_path(fp32.path), out, fp32, calibration)
-        int8 = Predictor(fp32.path, "onnx")
-        int8.module = onnx_classifier(out, int8.metadata)
+        int8 = twin_predictor(fp32, out)
         results = {name: compare(fp32, int8, split) for name, split in (("validation", val),
                                                                          ("test", test))}
-        crops = [crop(fp32, p) for p in random.Random(1).sample(list(test.paths), photos)]
-        rates = {(kind, t): speed(path, crops, t) for kind, path in
+        crops = [onnx_input(fp32, p) for p in random.Random(1).sample(list(test.paths), photos)]
+        rates = {(kind, t): onnx_rate(path, crops, t) for kind, path in
                  (("float", onnx_path(fp32.path)), ("int8", out)) for t in (1, 2)}
         sizes = (onnx_path(fp32.path).stat().st_size / 2**20, out.stat().st_size / 2**20)
     drop = (results["validation"]["top1"][0] - results["validation"]["top1"][1]) * 100

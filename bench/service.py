@@ -118,27 +118,13 @@ def part_tag(photos: list[Path], model: str, runtime: str) -> dict:
 def part_limit(photos: list[Path], model: str, runtime: str) -> dict:
     """The ONNX file alone: ONNX Runtime sessions called from 1, 2 and 4 threads on
     crops already decoded and preprocessed (each thread's share of the cores)."""
-    import onnxruntime as ort
-
+    from bench.onnx_alone import onnx_input, onnx_rate
     from landmark.predict import Predictor
     from landmark.resolve import resolve
-    from landmark.runtime import INPUT, onnx_path
+    from landmark.runtime import onnx_path
     predictor = Predictor(resolve(model), "onnx")
-    crops = [predictor.module.pre(predictor.prepare(predictor.load(p))[None].float() / 255)
-             .contiguous().numpy() for p in photos]
-    cores, rates = os.cpu_count() or 1, {}
-    for threads in (1, 2, 4):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, cores // threads)
-        session = ort.InferenceSession(str(onnx_path(resolve(model))), options,
-                                       providers=["CPUExecutionProvider"])
-        def run(x: object, session: ort.InferenceSession = session) -> object:
-            return session.run(None, {INPUT: x})
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, crops[:8]))
-            start = time.perf_counter()
-            list(pool.map(run, crops))
-            rates[threads] = len(crops) / (time.perf_counter() - start)
+    crops = [onnx_input(predictor, p) for p in photos]
+    rates = {t: onnx_rate(onnx_path(predictor.path), crops, t) for t in (1, 2, 4)}
     return {"rates": rates, "peak_mb": _own_peak()}
 
 

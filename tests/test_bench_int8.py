@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from bench.int8 import compare, quantize
+from bench.int8 import compare, quantize, twin_predictor
 from landmark.predict import Predictor
 from landmark.resolve import MODELS_DIR
-from landmark.runtime import onnx_classifier, onnx_path
+from landmark.runtime import onnx_path
 from tests.conftest import SHARED, real_photos
 from train.data import Split, scan_split
 
@@ -16,8 +16,7 @@ def test_an_int8_twin_of_a_shipped_model_answers_like_the_float_one(tmp_path: Pa
     out = tmp_path / "int8.onnx"
     quantize(onnx_path(fp32.path), out, fp32, calibration)
     assert out.stat().st_size < onnx_path(fp32.path).stat().st_size / 2
-    int8 = Predictor(fp32.path, "onnx")
-    int8.module = onnx_classifier(out, int8.metadata)
+    int8 = twin_predictor(fp32, out)
     test = scan_split(SHARED, "test", fp32.classes)
     few = Split(test.paths[::40], test.labels[::40], test.classes)
     r = compare(fp32, int8, few)
